@@ -32,8 +32,6 @@ import numpy as np
 import torch
 import tyro
 
-os.environ.setdefault("MUJOCO_GL", "egl" if torch.cuda.is_available() else "osmesa")
-
 
 @dataclass
 class Args:
@@ -202,11 +200,12 @@ def _sigmoid(x, v, kind):
     raise ValueError(f"unknown sigmoid '{kind}'")
 
 
-def edited_xml(task: str, length: float) -> str:
-    """Model XML with the dynamics context applied through MjSpec (as the contextual control suite does
-    with lxml). Cheetah: torso half-length L, head at L+0.1, thighs at +-L; settotalmass=14 stays, so
-    total mass is 14 kg for every L and is redistributed towards the torso. Walker: torso capsule
-    half-length L, hips not moved (as the reference); no settotalmass, so the torso gets heavier."""
+def edited_model(task: str, length: float) -> mujoco.MjModel:
+    """Compiled model with the dynamics context applied through MjSpec (as the contextual control suite
+    does with lxml). Cheetah: torso half-length L, head at L+0.1, thighs at +-L; the XML's settotalmass=14
+    holds, so total mass is 14 kg for every L, redistributed towards the torso. Walker: torso capsule
+    half-length L, hips not moved (as the reference); no settotalmass, so the torso gets heavier.
+    The spec is compiled directly: MjSpec.to_xml() in MuJoCo 3.3.0 drops settotalmass."""
     assets = Path(gym.__file__).parent / "envs/mujoco/assets"
     if task == "walker-walk":
         spec = mujoco.MjSpec.from_file(str(assets / "walker2d_v5.xml"))
@@ -217,8 +216,19 @@ def edited_xml(task: str, length: float) -> str:
         spec.geom("head").pos = [length + 0.1, 0, 0.1]
         spec.body("bthigh").pos = [-length, 0, 0]
         spec.body("fthigh").pos = [length, 0, 0]
-    spec.compile()
-    return spec.to_xml()
+    return spec.compile()
+
+
+def _with_model(env_cls, model: mujoco.MjModel):
+    """The Gymnasium env class, built on a given compiled model instead of its XML file."""
+
+    class Edited(env_cls):
+        def _initialize_simulation(self):
+            model.vis.global_.offwidth = max(model.vis.global_.offwidth, self.width)
+            model.vis.global_.offheight = max(model.vis.global_.offheight, self.height)
+            return model, mujoco.MjData(model)
+
+    return Edited
 
 
 class ContextReward(gym.Wrapper):
@@ -259,25 +269,20 @@ def make_env(task: str, ctx: dict, seed: int = 0, render_mode: str | None = None
             "Meta-World/goal_observable",
             env_name=ctx["env_name"],
             seed=int(ctx["goal_seed"]),
-            render_mode=render_mode,
             disable_env_checker=True,
         )
+        env.unwrapped.render_mode = render_mode  # its factory takes no render_mode; the renderer reads this
         env.action_space.seed(seed)
         return env
-    kw = {"max_episode_steps": TASKS[task]["steps"], "render_mode": render_mode, "disable_env_checker": True}
+    kw = {"render_mode": render_mode}
     if task == "walker-walk":
         kw["terminate_when_unhealthy"] = False  # dm_control's walker never terminates early
-    tmp = None
     if "length" in ctx:
-        fd, tmp = tempfile.mkstemp(suffix=".xml")
-        with os.fdopen(fd, "w") as f:
-            f.write(edited_xml(task, ctx["length"]))
-        kw["xml_file"] = tmp
-    try:
-        env = gym.make(TASKS[task]["gym_id"], **kw)
-    finally:
-        if tmp:
-            os.unlink(tmp)  # the model is compiled in the constructor; the file is no longer needed
+        env_cls = gym.spec(TASKS[task]["gym_id"]).entry_point
+        env_cls = getattr(__import__(env_cls.split(":")[0], fromlist=["_"]), env_cls.split(":")[1])
+        env = gym.wrappers.TimeLimit(_with_model(env_cls, edited_model(task, ctx["length"]))(**kw), TASKS[task]["steps"])
+    else:
+        env = gym.make(TASKS[task]["gym_id"], max_episode_steps=TASKS[task]["steps"], disable_env_checker=True, **kw)
     env = ContextReward(env, task, ctx)
     env.action_space.seed(seed)
     return env
@@ -446,11 +451,13 @@ class TD3:
         x = torch.cat([obs, act], -1).repeat(2, 1, 1)
         return mlp(self.pairs(critic), x, None).squeeze(-1)
 
-    def update(self, batch, args, update_actor: bool) -> dict:
+    def update(self, batch, args, update_actor: bool, noise: torch.Tensor | None = None) -> dict:
         """One TD3 step for all K contexts. batch: obs [K,B,S], act [K,B,A], rew [K,B], next_obs, done [K,B]."""
         obs, act, rew, next_obs, done = batch
         with torch.no_grad():  # target with policy smoothing; clipped double-Q
-            noise = (torch.randn_like(act) * args.policy_noise).clamp(-args.noise_clip, args.noise_clip)
+            if noise is None:  # target policy smoothing noise [K, B, A] (tests pass their own)
+                noise = torch.randn_like(act) * args.policy_noise
+            noise = noise.clamp(-args.noise_clip, args.noise_clip)
             next_act = (mlp(self.pairs(self.actor_t), next_obs) + noise).clamp(-1, 1)
             q_next = self.q(self.critic_t, next_obs, next_act)
             q_next = torch.minimum(q_next[: self.k], q_next[self.k :])
@@ -524,7 +531,9 @@ class Replay:
         }
 
     def load(self, s: dict) -> None:
-        self.size, self.pos = s["size"], s["pos"]
+        # a run resumed with a larger --total-timesteps has a larger buffer: keep writing after the saved data
+        self.size = s["size"]
+        self.pos = s["pos"] if self.size == self.capacity else self.size
         for f in ("obs", "act", "rew", "next_obs", "done"):
             getattr(self, f)[:, : self.size] = s[f].to(self.obs.device)
 
@@ -656,7 +665,7 @@ def main(args: Args) -> dict:
                     {
                         "step": step,
                         "context": lab,
-                        "episodic_return": round(ep_ret[i], 4),
+                        "episodic_return": round(float(ep_ret[i]), 4),
                         "eval_return": ev.get("return_mean"),
                         "eval_success": ev.get("success_rate"),
                         "qf_loss": losses.get("qf_loss"),
