@@ -741,7 +741,7 @@ def main(args: Args) -> dict:
     write_csv(out / "metrics.csv", rows)
     atomic_save(json.dumps(cur_args, indent=2), out / "args.json")
     wall = time.time() - t0
-    print("\nfinal evaluation (deterministic, %d episodes):" % args.eval_episodes)
+    print(f"\nfinal evaluation (deterministic, {args.eval_episodes} episodes):")
     for lab, r in zip(labels, final):
         sr = f"  success {r['success_rate']:.2f}" if r["success_rate"] is not None else ""
         print(f"  {lab:>24}: return {r['return_mean']:9.2f} +- {r['return_std']:.2f}{sr}")

@@ -103,7 +103,7 @@ def test_walker_reward_and_no_early_termination():
     (ctx,) = td3.parse_contexts("walker-walk", ["1.0"])
     env = td3.make_env("walker-walk", ctx)
     env.reset(seed=0)
-    for t in range(300):  # a falling walker is not terminated
+    for _ in range(300):  # a falling walker is not terminated
         _, r, terminated, truncated, info = env.step(-np.ones(6))
         assert not terminated and 0.0 <= r <= 1.0
     q = env.unwrapped.data.qpos
