@@ -1,0 +1,193 @@
+"""Aggregate expert-steps/s of td3.py's batched K-context TD3 against K independent nn.Module learners.
+
+One expert-step = one environment step + one TD3 update (the policy delay included) for one context.
+"batched": td3.py's TD3 and Replay, K cheetah-vel envs stepped together, one batched update per step.
+"independent": K CleanRL-style learners (nn.Module actor and two critics, their own Adam optimisers and
+replay), run one after another for the same number of steps. Both start from a prefilled replay.
+
+    python benchmarks/td3_throughput.py                  # K = 1 4 8 16, hidden 64 and 256, current device
+    python benchmarks/td3_throughput.py --ks 1 8 32 --steps 200 --device cuda
+"""
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import td3  # noqa: E402
+
+
+@dataclass
+class Args:
+    ks: tuple[int, ...] = (1, 4, 8, 16)
+    """numbers of contexts trained together"""
+    hiddens: tuple[int, ...] = (64, 256)
+    """hidden width (two layers) of actor and critics"""
+    steps: int = 60
+    """timed steps per configuration (after 5 warm-up steps)"""
+    batch_size: int = 256
+    device: str = "auto"
+    torch_threads: int = 1
+    skip_independent_above: int = 16
+    """do not time the independent learners for K above this (their cost is K x the K = 1 cost)"""
+
+
+class Actor(nn.Module):
+    def __init__(self, s, a, h):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(s, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, a), nn.Tanh())
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class QNetwork(nn.Module):
+    def __init__(self, s, a, h):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(s + a, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 1))
+
+    def forward(self, x, a):
+        return self.net(torch.cat([x, a], 1))
+
+
+class Independent:
+    """CleanRL td3_continuous_action.py's learner, one context."""
+
+    def __init__(self, s, a, h, device, cap):
+        self.actor, self.qf1, self.qf2 = Actor(s, a, h).to(device), QNetwork(s, a, h).to(device), QNetwork(s, a, h).to(device)
+        self.targets = [Actor(s, a, h).to(device), QNetwork(s, a, h).to(device), QNetwork(s, a, h).to(device)]
+        for t, n in zip(self.targets, (self.actor, self.qf1, self.qf2)):
+            t.load_state_dict(n.state_dict())
+        self.q_opt = torch.optim.Adam(list(self.qf1.parameters()) + list(self.qf2.parameters()), lr=3e-4)
+        self.a_opt = torch.optim.Adam(self.actor.parameters(), lr=3e-4)
+        self.buf = {k: np.zeros((cap, d), np.float32) for k, d in (("o", s), ("a", a), ("r", 1), ("n", s), ("d", 1))}
+        self.size, self.device = 0, device
+
+    def add(self, o, a, r, n, d):
+        for k, x in zip("oarnd", (o, a, r, n, d)):
+            self.buf[k][self.size % len(self.buf["o"])] = x
+        self.size += 1
+
+    def update(self, bs, it, args):
+        idx = np.random.randint(0, min(self.size, len(self.buf["o"])), bs)
+        o, a, r, n, d = (torch.as_tensor(self.buf[k][idx], device=self.device) for k in "oarnd")
+        with torch.no_grad():
+            noise = (torch.randn_like(a) * args.policy_noise).clamp(-args.noise_clip, args.noise_clip)
+            na = (self.targets[0](n) + noise).clamp(-1, 1)
+            y = r.flatten() + (1 - d.flatten()) * args.gamma * torch.min(self.targets[1](n, na), self.targets[2](n, na)).view(-1)
+        q_loss = ((self.qf1(o, a).view(-1) - y) ** 2).mean() + ((self.qf2(o, a).view(-1) - y) ** 2).mean()
+        self.q_opt.zero_grad()
+        q_loss.backward()
+        self.q_opt.step()
+        if it % 2 == 0:
+            a_loss = -self.qf1(o, self.actor(o)).mean()
+            self.a_opt.zero_grad()
+            a_loss.backward()
+            self.a_opt.step()
+            for net, tgt in zip((self.actor, self.qf1, self.qf2), self.targets):
+                for p, tp in zip(net.parameters(), tgt.parameters()):
+                    tp.data.copy_(args.tau * p.data + (1 - args.tau) * tp.data)
+
+
+def envs_for(k):
+    ctxs = td3.parse_contexts("cheetah-vel", [f"{3 * i / max(k, 1):.3f}" for i in range(k)])
+    envs = [td3.make_env("cheetah-vel", c, i) for i, c in enumerate(ctxs)]
+    return envs, np.stack([e.reset(seed=i)[0] for i, e in enumerate(envs)])
+
+
+def step_envs(envs, obs, act):
+    res = [e.step(a) for e, a in zip(envs, act)]
+    nxt = np.stack([r[0] for r in res])
+    for i, r in enumerate(res):
+        if r[3]:
+            nxt[i] = envs[i].reset()[0]
+    return nxt, np.array([r[1] for r in res]), np.zeros(len(envs))
+
+
+def time_batched(k, h, args, device):
+    targs = td3.Args(hidden=(h, h), batch_size=args.batch_size)
+    envs, obs = envs_for(k)
+    agent = td3.TD3(k, 17, 6, targs.hidden, 3e-4, device)
+    rb = td3.Replay(k, 2000, 17, 6, device)
+    for _ in range(args.batch_size):
+        act = np.random.uniform(-1, 1, (k, 6)).astype(np.float32)
+        nxt, r, d = step_envs(envs, obs, act)
+        rb.add(obs, act, r, nxt, d)
+        obs = nxt
+    for it in range(args.steps + 5):
+        if it == 5:
+            sync(device)
+            t0 = time.perf_counter()
+        with torch.no_grad():
+            a = td3.mlp(agent.pairs(agent.actor), torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(1))
+            act = (a.squeeze(1).cpu() + 0.1 * torch.randn(k, 6)).clamp(-1, 1).numpy()
+        nxt, r, d = step_envs(envs, obs, act)
+        rb.add(obs, act, r, nxt, d)
+        obs = nxt
+        agent.update(rb.sample(args.batch_size), targs, it % 2 == 0)
+    sync(device)
+    return k * args.steps / (time.perf_counter() - t0)
+
+
+def time_independent(k, h, args, device):
+    targs = td3.Args()
+    envs, obs = envs_for(k)
+    total = 0.0
+    for i in range(k):  # one learner after another, as K separate runs would
+        env, o = envs[i], obs[i]
+        lr = Independent(17, 6, h, device, 2000)
+        for _ in range(args.batch_size):
+            a = np.random.uniform(-1, 1, 6).astype(np.float32)
+            n, r, *_ = env.step(a)
+            lr.add(o, a, r, n, 0.0)
+            o = n
+        for it in range(args.steps + 5):
+            if it == 5:
+                sync(device)
+                t0 = time.perf_counter()
+            with torch.no_grad():
+                a = lr.actor(torch.as_tensor(o, dtype=torch.float32, device=device)[None])[0].cpu()
+                a = (a + 0.1 * torch.randn(6)).clamp(-1, 1).numpy()
+            n, r, _, trunc, _ = env.step(a)
+            lr.add(o, a, r, n, 0.0)
+            o = env.reset()[0] if trunc else n
+            lr.update(args.batch_size, it, targs)
+        sync(device)
+        total += time.perf_counter() - t0
+    return k * args.steps / total
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main(args: Args) -> dict:
+    torch.set_num_threads(args.torch_threads)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    device = td3.resolve_device(args.device)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {args.torch_threads} torch thread(s)"
+    print(f"device: {name}; batch {args.batch_size}; {args.steps} timed steps per configuration; cheetah-vel envs")
+    print(f"{'hidden':>6} {'K':>4} {'batched':>12} {'independent':>12} {'batched/indep':>14} {'batched K / K=1':>16}")
+    rows = []
+    for h in args.hiddens:
+        base = None
+        for k in args.ks:
+            b = time_batched(k, h, args, device)
+            ind = time_independent(k, h, args, device) if k <= args.skip_independent_above else float("nan")
+            base = base or b
+            rows.append({"hidden": h, "k": k, "batched": b, "independent": ind})
+            print(f"{h:>6} {k:>4} {b:>12.0f} {ind:>12.0f} {b / ind:>14.2f} {b / base:>16.2f}", flush=True)
+    print("(expert-steps/s: environment step + TD3 update per context, aggregated over K)")
+    return {"device": name, "rows": rows}
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

@@ -1,0 +1,363 @@
+"""evaluate.py — roll out experts, a random policy and every generated policy on any contexts.
+
+    python evaluate.py --experts runs/vel/experts --policies runs/vel/hyperzero runs/vel/hypformer \
+        --contexts 0.5 1.0 1.5 --episodes 5 --seed 1 --out-dir runs/vel/eval
+
+Every method is turned into td3.py's policy form (layers batched over contexts) and rolled out through
+td3.evaluate_policy with the same seeds, so all methods start from the same initial states in a context.
+Writes results.json / results.csv (one row per method and context), returns.png (return against
+context, expert drawn, held-out contexts marked) and normalized.png (mean expert-normalised score on
+training and held-out contexts per method); with --capture-video one GIF per (method, context).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+if "--capture-video" in sys.argv:  # MuJoCo picks its GL backend when first imported (osmesa on CPU, egl on GPU)
+    os.environ.setdefault("MUJOCO_GL", "egl" if os.path.exists("/dev/nvidia0") else "osmesa")
+
+import numpy as np
+import torch
+import tyro
+
+import td3
+from td3 import UserError
+
+
+@dataclass
+class Args:
+    experts: str | None = None
+    """directory of td3.py experts (the 'expert' rows, the normaliser, and the contexts by default)"""
+    policies: tuple[str, ...] = ()
+    """directories (or .pt files) written by hyperzero.py, hyplatent.py or hypformer.py"""
+    contexts: tuple[str, ...] = ()
+    """contexts to evaluate (as td3.py's --contexts); default: the experts' and every approximator split's"""
+    episodes: int = 5
+    """episodes per policy and context"""
+    samples: int = 4
+    """generated policies per context for the generative methods (hyplatent, hypformer)"""
+    seed: int = 1
+    """episode e of every method in a context resets with seed + e; also seeds the generators"""
+    out_dir: str = "runs/eval"
+    """results.json, results.csv, the plots and videos go here"""
+    capture_video: bool = False
+    """write one GIF per (method, context) to out_dir/videos (needs libosmesa6 on CPU)"""
+    device: str = "auto"
+    """'auto' (cuda when present), 'cpu' or 'cuda'"""
+    torch_threads: int = 1
+    """CPU threads for torch"""
+
+
+def load_source(path: str) -> tuple[str, dict, object]:
+    """A policy directory or file -> (format, checkpoint, module that generates its policies)."""
+    p = Path(path)
+    files = [p] if p.is_file() else sorted(p.glob("*.pt")) if p.is_dir() else []
+    files = [f for f in files if f.name in ("hyperzero.pt", "hyplatent.pt", "hypformer.pt")] or files
+    if len(files) != 1:
+        raise UserError(f"{path}: expected one of hyperzero.pt, hyplatent.pt, hypformer.pt (found {[f.name for f in files]})")
+    fmt = td3.safe_load(files[0]).get("format", "")
+    for module in ("hyperzero", "hyplatent", "hypformer"):
+        if fmt == f"cleanhyper-{module}-v1":
+            mod = __import__(module)
+            return module, mod.load_checkpoint(files[0]), mod
+    raise UserError(f"{files[0]}: unknown format '{fmt}'; expected a file written by hyperzero.py, hyplatent.py or hypformer.py")
+
+
+@torch.no_grad()
+def random_return(task: str, ctx: dict, episodes: int, seed: int) -> dict:
+    """Uniform-random policy on the same initial states: the 0 of the normalised score."""
+    env = td3.make_env(task, ctx, seed)
+    returns = []
+    for e in range(episodes):
+        env.reset(seed=seed + e)
+        env.action_space.seed(seed + e)
+        ret, done = 0.0, False
+        while not done:
+            _, r, terminated, truncated, _ = env.step(env.action_space.sample())
+            ret += r
+            done = terminated or truncated
+        returns.append(ret)
+    return {"return_mean": float(np.mean(returns)), "return_std": float(np.std(returns)), "success_rate": None}
+
+
+def save_video(task, ctx, layers, seed, path):
+    import imageio.v2 as imageio
+
+    env = td3.make_env(task, ctx, seed, render_mode="rgb_array")
+    obs, _ = env.reset(seed=seed)
+    frames, done = [], False
+    while not done:
+        frame = env.render()
+        frames.append(frame[::-1] if task == "metaworld" else frame)  # MetaWorld's default camera is upside down
+        x = torch.as_tensor(obs, dtype=torch.float32, device=layers[0][0].device).view(1, 1, -1)
+        obs, _, terminated, truncated, _ = env.step(td3.mlp(layers, x)[0, 0].cpu().numpy())
+        done = terminated or truncated
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imageio.mimsave(path, frames[::2], duration=0.04)
+
+
+def plot(rows: list[dict], task: str, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    numeric = task != "metaworld" and len(rows[0]["context"]) == 1
+    xs = {
+        lab: (next(iter(r["context"].values())) if numeric else i)
+        for i, lab in enumerate(labels)
+        for r in rows
+        if r["label"] == lab
+    }
+    held = sorted({xs[r["label"]] for r in rows if r["heldout"]})
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for x in held:
+        ax.axvspan(x - 0.04, x + 0.04, color="0.85", zorder=0)
+    for method in dict.fromkeys(r["method"] for r in rows):
+        rs = sorted((r for r in rows if r["method"] == method), key=lambda r: xs[r["label"]])
+        style = (
+            {"color": "k", "lw": 2.5, "zorder": 3}
+            if method == "expert"
+            else {"ls": ":", "color": "0.5"}
+            if method == "random"
+            else {}
+        )
+        ax.errorbar(
+            [xs[r["label"]] for r in rs],
+            [r["return_mean"] for r in rs],
+            [r["return_std"] for r in rs],
+            marker="o",
+            ms=4,
+            capsize=2,
+            label=method,
+            **style,
+        )
+    if not numeric:
+        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    ax.set_xlabel(next(iter(rows[0]["context"])) if numeric else "context")
+    ax.set_ylabel("episode return")
+    ax.set_title(f"{task}: return per context (grey bands: held-out contexts)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "returns.png", dpi=120)
+    plt.close(fig)
+
+    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m not in ("expert", "random")]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for j, (split, flag) in enumerate((("training contexts", False), ("held-out contexts", True))):
+        vals = [
+            np.mean(
+                [r["normalized"] for r in rows if r["method"] == m and r["heldout"] is flag and r["normalized"] is not None]
+                or [np.nan]
+            )
+            for m in methods
+        ]
+        ax.bar(np.arange(len(methods)) + 0.4 * j - 0.2, vals, 0.4, label=split)
+    ax.axhline(1.0, color="k", lw=1, ls="--")
+    ax.set_xticks(range(len(methods)), methods, rotation=20, ha="right")
+    ax.set_ylabel("normalised score (0 random, 1 expert)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "normalized.png", dpi=120)
+    plt.close(fig)
+    return ["returns.png", "normalized.png"]
+
+
+def main(args: Args) -> dict:
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.torch_threads)
+    device = td3.resolve_device(args.device)
+    experts = td3.load_experts(args.experts) if args.experts else []
+    sources = [load_source(p) for p in args.policies]
+    if not experts and not sources:
+        raise UserError("nothing to evaluate: give --experts and/or --policies")
+    tasks = {e["task"] for e in experts} | {ck["task"] for _, ck, _ in sources}
+    if len(tasks) != 1:
+        raise UserError(f"experts and policies come from different tasks: {sorted(tasks)}")
+    task = tasks.pop()
+    dims = {(e["obs_dim"], e["act_dim"]) for e in experts} | {(ck["obs_dim"], ck["act_dim"]) for _, ck, _ in sources}
+    if len(dims) != 1:
+        raise UserError(f"observation/action sizes differ between experts and policies: {sorted(dims)}")
+    by_label = {e["label"]: e for e in experts}
+    if args.contexts:
+        contexts = td3.parse_contexts(task, args.contexts, args.seed)
+    else:  # every context anybody knows of, in a stable order
+        pool = [e["context"] for e in experts] + [
+            c for _, ck, _ in sources for part in ("train", "test") for c in ck["split"][part]
+        ]
+        contexts = list({td3.context_label(c): c for c in pool}.values())
+    labels = [td3.context_label(c) for c in contexts]
+    out = Path(args.out_dir)
+
+    rows, t0 = [], time.time()
+    # a context is held out for the expert and random rows when no approximator trained on it
+    trained = {td3.context_label(c) for _, ck, _ in sources for c in ck["split"]["train"]}
+    heldout_of = lambda lab: (lab not in trained) if sources else None  # noqa: E731
+
+    def add(method, ctx, res, heldout, n_policies=1, extra=None):
+        rows.append(
+            {
+                "method": method,
+                "task": task,
+                "context": ctx,
+                "label": td3.context_label(ctx),
+                "heldout": heldout,
+                "episodes": args.episodes,
+                "n_policies": n_policies,
+                "return_mean": res["return_mean"],
+                "return_std": res["return_std"],
+                "success_rate": res["success_rate"],
+                "normalized": None,
+                **(extra or {}),
+            }
+        )
+        sr = f"  success {res['success_rate']:.2f}" if res["success_rate"] is not None else ""
+        print(
+            f"{method:>18} {rows[-1]['label']:>22}{' (held out)' if heldout else '':11}: return {res['return_mean']:9.2f} +- {res['return_std']:.2f}{sr}",
+            flush=True,
+        )
+
+    for ctx, lab in zip(contexts, labels):
+        add("random", ctx, random_return(task, ctx, args.episodes, args.seed), heldout_of(lab))
+        if lab in by_label:
+            e = by_label[lab]
+            add(
+                "expert",
+                e["context"],
+                td3.evaluate_policy(task, e["context"], td3.expert_layers(e, device=device), args.episodes, args.seed),
+                heldout_of(lab),
+            )
+
+    names: dict[str, int] = {}
+    for kind, ck, mod in sources:
+        method = ck.get("model", kind)
+        names[method] = names.get(method, 0) + 1
+        method = method if names[method] == 1 else f"{method}-{names[method]}"
+        train = {td3.context_label(c) for c in ck["split"]["train"]}
+        n = 1 if kind == "hyperzero" else args.samples
+        conditions = None
+        if kind != "hyperzero" and ck.get("condition") == "behaviour":
+            conditions = torch.stack(
+                [
+                    torch.as_tensor(by_label[lab]["demo_traj"])
+                    if lab in by_label and "demo_traj" in by_label[lab]
+                    else _missing(lab)
+                    for lab in labels
+                ]
+            )
+        layers = (
+            mod.generate_policies(ck, contexts, device=device)
+            if n == 1 and kind == "hyperzero"
+            else mod.generate_policies(ck, contexts, n=n, seed=args.seed, device=device, conditions=conditions)
+        )
+        for i, (ctx, lab) in enumerate(zip(contexts, labels)):
+            per = [
+                td3.evaluate_policy(task, ctx, [(W[j : j + 1], b[j : j + 1]) for W, b in layers], args.episodes, args.seed)
+                for j in range(i * n, (i + 1) * n)
+            ]
+            rets = [x for r in per for x in r["returns"]]
+            res = {"return_mean": float(np.mean(rets)), "return_std": float(np.std(rets)), "success_rate": None}
+            extra = {}
+            if task == "metaworld":  # success per generated policy, then top-k over policies (no per-seed sorting)
+                sr = sorted((r["success_rate"] for r in per), reverse=True)
+                res["success_rate"] = float(np.mean(sr))
+                extra = {"top5_success": float(np.mean(sr[:5])), "top10_success": float(np.mean(sr[:10]))}
+            add(method, ctx, res, lab not in train, n, extra)
+            if args.capture_video:
+                save_video(
+                    task,
+                    ctx,
+                    [(W[i * n : i * n + 1], b[i * n : i * n + 1]) for W, b in layers],
+                    args.seed,
+                    out / "videos" / f"{method}_{lab}.gif",
+                )
+
+    # Expert-normalised score (DESIGN.md): (R - random) / (expert - random) in the same context.
+    ref = {(r["method"], r["label"]): r["return_mean"] for r in rows}
+    for r in rows:
+        if ("expert", r["label"]) in ref and r["method"] != "random":
+            lo, hi = ref[("random", r["label"])], ref[("expert", r["label"])]
+            r["normalized"] = float((r["return_mean"] - lo) / (hi - lo)) if abs(hi - lo) > 1e-8 else None
+        elif r["method"] == "random" and ("expert", r["label"]) in ref:
+            r["normalized"] = 0.0
+    if args.capture_video:
+        for e in experts:
+            if e["label"] in labels:
+                save_video(
+                    task,
+                    e["context"],
+                    td3.expert_layers(e, device=device),
+                    args.seed,
+                    out / "videos" / f"expert_{e['label']}.gif",
+                )
+
+    out.mkdir(parents=True, exist_ok=True)
+    td3.atomic_save(json.dumps(rows, indent=1), out / "results.json")
+    buf = io.StringIO()
+    flat = [{**r, "context": json.dumps(r["context"])} for r in rows]
+    w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in flat for k in r)))
+    w.writeheader()
+    w.writerows(flat)
+    td3.atomic_save(buf.getvalue(), out / "results.csv")
+    plots = plot(rows, task, out)
+    summary = summarize(rows)
+    print("\n" + format_table(summary))
+    td3.atomic_save(json.dumps({"args": asdict(args), "summary": summary}, indent=1), out / "summary.json")
+    print(f"\nwrote results.json, results.csv, summary.json, {', '.join(plots)} to {out}  ({time.time() - t0:.0f} s)")
+    return {"rows": rows, "summary": summary, "out_dir": str(out)}
+
+
+def _missing(label):
+    raise UserError(
+        f"context {label}: the behaviour-conditioned generator needs that context's expert (demo trajectory) in --experts"
+    )
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per method: mean return and normalised score on training and held-out contexts."""
+    out = []
+    for m in dict.fromkeys(r["method"] for r in rows):
+        s = {"method": m}
+        for name, flag in (("train", False), ("heldout", True), ("all", None)):
+            rs = [r for r in rows if r["method"] == m and (flag is None or r["heldout"] is flag)]
+            norm = [r["normalized"] for r in rs if r["normalized"] is not None]
+            succ = [r["success_rate"] for r in rs if r["success_rate"] is not None]
+            s[f"{name}_return"] = float(np.mean([r["return_mean"] for r in rs])) if rs else None
+            s[f"{name}_normalized"] = float(np.mean(norm)) if norm else None
+            s[f"{name}_success"] = float(np.mean(succ)) if succ else None
+        out.append(s)
+    return out
+
+
+def format_table(summary: list[dict]) -> str:
+    f = lambda x, p=".1f": "-" if x is None else format(x, p)  # noqa: E731
+    lines = [
+        "| method | return (train) | return (held out) | normalised (train) | normalised (held out) |",
+        "|---|---|---|---|---|",
+    ]
+    for s in summary:
+        lines.append(
+            f"| {s['method']} | {f(s['train_return'])} | {f(s['heldout_return'])} | {f(s['train_normalized'], '.2f')} | {f(s['heldout_normalized'], '.2f')} |"
+        )
+    if any(s["all_success"] is not None for s in summary):
+        lines += ["", "| method | success (all contexts) |", "|---|---|"] + [
+            f"| {s['method']} | {f(s['all_success'], '.2f')} |" for s in summary
+        ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    try:
+        main(tyro.cli(Args))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
