@@ -1,0 +1,287 @@
+"""collect.py — roll TD3 experts (and their training snapshots) out into plain .npy datasets.
+
+HyperZero's dataset (reference §3): every expert is rolled out deterministically and each step stores
+(s, a* = pi(s), r, s', terminated, Q*(s, a*), c). Gen-HypRL's behaviour data: every actor snapshot td3.py
+saved is rolled out too and stored as (flat params, Make-An-Agent trajectory feature, post-success states).
+
+    python collect.py --experts runs/vel/experts --episodes 10 --seed 1 --out-dir runs/vel/rollouts
+
+Writes into --out-dir (float32 unless noted, rows context-major, load with np.load(allow_pickle=False)):
+  obs [N,S]  action [N,A]  reward [N]  next_obs [N,S]  terminated [N]  q [N]  context [N,C]
+  context_id [N] int64 (index into manifest["contexts"])  episode [N] int64  manifest.json
+  behaviour/  params [M,P]  param_context_id [M] int64  param_context [M,C]  param_step [M] int64
+              param_return [M]  param_success [M]  traj [M,20*(S+3A)]  post_success [M,3S]
+              post_success_step [M] int64  manifest.json
+Episode e of expert i resets with seed + 10000*i + e, so td3.evaluate_policy(task, ctx, actor, E, seed + 10000*i)
+replays exactly the episodes stored here. manifest.json is written last: a set without it is incomplete.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import tyro
+
+import td3
+from td3 import UserError
+
+FORMAT = "cleanhyper-rollouts-v1"
+BEHAVIOUR_FORMAT = "cleanhyper-behaviour-v1"
+TRAJ_STEPS = list(range(0, 60, 3))  # Make-An-Agent's trajectory feature: t = 0, 3, ..., 57 (20 blocks)
+POST_SUCCESS_RULE = (
+    "s_m, s_{m+1}, s_{m+2} of the first episode, where s_m is the first state reached by a step whose info['success'] "
+    "is true (m >= 1; indices past the last state s_T are clamped to T); when the episode never succeeds, or the task "
+    "has no success signal (cheetah-*, walker-*), the last 3 states s_{T-2}, s_{T-1}, s_T; post_success_step is m or -1"
+)
+
+
+@dataclass
+class Args:
+    experts: str = "runs/td3"
+    """directory of expert_*.pt files written by td3.py"""
+    episodes: int = 10
+    """deterministic episodes per expert (reference: 10)"""
+    seed: int = 1
+    """episode e of expert i resets with seed + 10000*i + e"""
+    out_dir: str = "runs/rollouts"
+    """everything this run writes goes here"""
+    snapshots: bool = True
+    """also roll out snapshots_<label>.npy (and each final actor) into out_dir/behaviour for Gen-HypRL"""
+    snapshot_episodes: int = 1
+    """episodes per snapshot; traj and post_success come from the first one"""
+    device: str = "auto"
+    """'auto' (cuda when present), 'cpu' or 'cuda'"""
+    torch_threads: int = 1
+    """CPU threads for torch"""
+
+
+def episode_seed(seed: int, i: int, e: int) -> int:
+    return seed + 10_000 * i + e
+
+
+def check_experts(experts: list[dict]) -> None:
+    """One task, one observation/action size, one set of context variables, one discount."""
+    for key in ("task", "obs_dim", "act_dim", "context_names", "gamma"):
+        seen = {json.dumps(e[key]) for e in experts}
+        if len(seen) > 1:
+            raise UserError(f"experts differ in {key} ({', '.join(sorted(seen))}): put one task's experts in one directory")
+    labels = [e["label"] for e in experts]
+    if len(set(labels)) != len(labels):
+        raise UserError(f"duplicate expert contexts: {labels}")
+
+
+@torch.no_grad()
+def rollout(env, layers, reset_seed: int, device) -> dict:
+    """One deterministic episode: states [T+1,S] (s_0..s_T), actions [T,A], rewards [T], terminated [T], the return
+    and success_step (index m of the first state reached by a step with info['success'], -1 if none)."""
+    obs, _ = env.reset(seed=reset_seed)
+    states, actions, rewards, terms = [obs], [], [], []
+    ret, success_step, done = 0.0, -1, False
+    while not done:
+        x = torch.as_tensor(obs, dtype=torch.float32, device=device).view(1, 1, -1)
+        a = td3.mlp(layers, x)[0, 0].cpu().numpy()
+        obs, r, terminated, truncated, info = env.step(a)
+        states.append(obs)
+        actions.append(a)
+        if success_step < 0 and info.get("success", 0.0):
+            success_step = len(actions)
+        rewards.append(r)
+        terms.append(terminated)
+        ret += r  # summed in float64 in step order, exactly as td3.evaluate_policy does
+        done = terminated or truncated
+    f32 = lambda x: np.asarray(x, dtype=np.float32)
+    return {
+        "states": f32(states),
+        "actions": f32(actions),
+        "rewards": f32(rewards),
+        "terminated": f32(terms),
+        "return": ret,
+        "success_step": success_step,
+    }
+
+
+def behaviour_features(states: np.ndarray, actions: np.ndarray, success_step: int) -> tuple[np.ndarray, np.ndarray]:
+    """Make-An-Agent features of one episode: traj [20*(S+3A)] = (s_t, a_t, a_{t+1}, a_{t+2}) for t in 0,3,..,57
+    (zeros past the episode end) and post_success [3S] (POST_SUCCESS_RULE)."""
+    T, S = actions.shape[0], states.shape[1]
+    s = np.zeros((60, S), np.float32)
+    a = np.zeros((62, actions.shape[1]), np.float32)
+    s[: min(T + 1, 60)] = states[:60]  # s_0..s_T are real states; zeros past the end
+    a[: min(T, 62)] = actions[:62]
+    traj = np.concatenate([np.concatenate([s[t], a[t], a[t + 1], a[t + 2]]) for t in TRAJ_STEPS])
+    idx = [min(success_step + k, T) for k in range(3)] if success_step >= 0 else [max(T - 2 + k, 0) for k in range(3)]
+    return traj, states[idx].reshape(-1)
+
+
+def collect_behaviour(args: Args, experts: list[dict], envs: list, expert_dir: Path, device) -> dict | None:
+    """Roll every snapshot (then the final actor) of every context out; None when no snapshots exist."""
+    files = [expert_dir / f"snapshots_{e['label']}.npy" for e in experts]
+    if not any(f.is_file() for f in files):
+        return None
+    if len({json.dumps(e["hidden"]) for e in experts}) > 1:
+        raise UserError("experts differ in hidden sizes: their flat parameter vectors cannot be stacked")
+    steps_file = expert_dir / "snapshot_steps.npy"
+    steps = np.load(steps_file, allow_pickle=False) if steps_file.is_file() else None
+    sizes = td3.layer_sizes(experts[0]["obs_dim"], experts[0]["hidden"], experts[0]["act_dim"])
+    rows = {k: [] for k in ("params", "cid", "step", "ret", "succ", "traj", "post", "post_step")}
+    for i, (e, f, env) in enumerate(zip(experts, files, envs)):
+        flat = np.zeros((0, td3.n_params(sizes)), np.float32)
+        if f.is_file():
+            flat = np.load(f, allow_pickle=False).astype(np.float32)
+            if steps is None or flat.ndim != 2 or len(steps) != len(flat) or flat.shape[1] != td3.n_params(sizes):
+                raise UserError(f"{f} does not match snapshot_steps.npy and the expert's layer sizes {sizes}")
+        else:
+            print(f"  note: no {f.name}; context {e['label']} contributes only its final actor")
+        final = td3.flatten_layers(td3.expert_layers(e)).numpy()  # [1, P], appended last
+        flat = np.concatenate([flat, final])
+        step_i = [*(steps.tolist() if f.is_file() else []), int(e["step"])]
+        for j, p in enumerate(flat):
+            layers = td3.unflatten_layers(torch.from_numpy(p).to(device)[None], sizes)
+            eps = [rollout(env, layers, episode_seed(args.seed, i, k), device) for k in range(args.snapshot_episodes)]
+            traj, post = behaviour_features(eps[0]["states"], eps[0]["actions"], eps[0]["success_step"])
+            rows["params"].append(p)
+            rows["cid"].append(i)
+            rows["step"].append(step_i[j])
+            rows["ret"].append(np.mean([ep["return"] for ep in eps]))
+            rows["succ"].append(np.mean([ep["success_step"] >= 0 for ep in eps]) if experts[0]["task"] == "metaworld" else np.nan)
+            rows["traj"].append(traj)
+            rows["post"].append(post)
+            rows["post_step"].append(eps[0]["success_step"])
+        print(f"  behaviour {e['label']:>24}: {len(flat)} policies, mean return {np.mean(rows['ret'][-len(flat) :]):9.2f}")
+    cvec = np.array([td3.context_vector(e["context"]) for e in experts], np.float32).reshape(len(experts), -1)
+    cid = np.asarray(rows["cid"], np.int64)
+    return {
+        "params": np.stack(rows["params"]).astype(np.float32),
+        "param_context_id": cid,
+        "param_context": cvec[cid],
+        "param_step": np.asarray(rows["step"], np.int64),
+        "param_return": np.asarray(rows["ret"], np.float32),
+        "param_success": np.asarray(rows["succ"], np.float32),
+        "traj": np.stack(rows["traj"]).astype(np.float32),
+        "post_success": np.stack(rows["post"]).astype(np.float32),
+        "post_success_step": np.asarray(rows["post_step"], np.int64),
+    }
+
+
+def main(args: Args) -> dict:
+    if args.episodes < 1 or args.snapshot_episodes < 1:
+        raise UserError("need --episodes >= 1 and --snapshot-episodes >= 1")
+    torch.set_num_threads(args.torch_threads)
+    device = td3.resolve_device(args.device)
+    experts = td3.load_experts(args.experts)  # sorted by label: that order is context_id
+    expert_dir = Path(args.experts) if Path(args.experts).is_dir() else Path(args.experts).parent
+    check_experts(experts)
+    task, S, A = experts[0]["task"], experts[0]["obs_dim"], experts[0]["act_dim"]
+    out = Path(args.out_dir)
+    for stale in (out / "manifest.json", out / "behaviour" / "manifest.json"):
+        stale.unlink(missing_ok=True)  # an interrupted rewrite must not look complete
+
+    # ALGO LOGIC: reference §3 — deterministic expert rollouts; q = Q1(s, pi(s)) of the expert's own action.
+    data = {k: [] for k in ("obs", "action", "reward", "next_obs", "terminated", "q", "context", "context_id", "episode")}
+    envs, infos = [], []
+    for i, e in enumerate(experts):
+        env = td3.make_env(task, e["context"], episode_seed(args.seed, i, 0))
+        envs.append(env)
+        layers = td3.expert_layers(e, "actor", device)
+        eps = [rollout(env, layers, episode_seed(args.seed, i, k), device) for k in range(args.episodes)]
+        obs = np.concatenate([ep["states"][:-1] for ep in eps])
+        act = np.concatenate([ep["actions"] for ep in eps])
+        with torch.no_grad():  # one batched critic pass over all of this expert's rows: [1, N_i, S+A] -> [N_i]
+            sa = torch.as_tensor(np.concatenate([obs, act], 1), device=device)[None]
+            q = td3.mlp(td3.expert_layers(e, "critic1", device), sa, None)[0, :, 0].cpu().numpy()
+        n = len(obs)
+        data["obs"].append(obs)
+        data["action"].append(act)
+        data["reward"].append(np.concatenate([ep["rewards"] for ep in eps]))
+        data["next_obs"].append(np.concatenate([ep["states"][1:] for ep in eps]))
+        data["terminated"].append(np.concatenate([ep["terminated"] for ep in eps]))
+        data["q"].append(q.astype(np.float32))
+        data["context"].append(np.tile(np.asarray(e["context_vector"], np.float32), (n, 1)).reshape(n, -1))
+        data["context_id"].append(np.full(n, i, np.int64))
+        data["episode"].append(
+            np.concatenate([np.full(len(ep["actions"]), i * args.episodes + k, np.int64) for k, ep in enumerate(eps)])
+        )
+        rets = [ep["return"] for ep in eps]
+        succ = float(np.mean([ep["success_step"] >= 0 for ep in eps])) if task == "metaworld" else None
+        infos.append(
+            {
+                "label": e["label"],
+                "context": e["context"],
+                "context_vector": e["context_vector"],
+                "expert_eval_return": e["eval_return"],
+                "expert_step": int(e["step"]),
+                "return_mean": float(np.mean(rets)),
+                "return_std": float(np.std(rets)),
+                "success_rate": succ,
+                "rows": n,
+            }
+        )
+        print(
+            f"expert {e['label']:>24}: {args.episodes} episodes, mean return {np.mean(rets):9.2f} (expert eval {e['eval_return']:.2f})"
+        )
+    arrays = {k: np.concatenate(v) for k, v in data.items()}
+
+    behaviour = collect_behaviour(args, experts, envs, expert_dir, device) if args.snapshots else None
+    for env in envs:
+        env.close()
+    for k, v in arrays.items():
+        td3.atomic_save(v, out / f"{k}.npy")
+    shapes = lambda d: {k: list(v.shape) for k, v in d.items()}
+    if behaviour is not None:
+        for k, v in behaviour.items():
+            td3.atomic_save(v, out / "behaviour" / f"{k}.npy")
+        bman = {
+            "format": BEHAVIOUR_FORMAT,
+            "task": task,
+            "context_names": experts[0]["context_names"],
+            "contexts": [e["context"] for e in experts],
+            "obs_dim": S,
+            "act_dim": A,
+            "hidden": list(experts[0]["hidden"]),
+            "policy_sizes": td3.layer_sizes(S, experts[0]["hidden"], A),
+            "n_params": int(behaviour["params"].shape[1]),
+            "flatten_order": "td3.flatten_layers: per layer W [in,out] row-major, then b",
+            "count": int(len(behaviour["params"])),
+            "snapshot_episodes": args.snapshot_episodes,
+            "traj_steps": TRAJ_STEPS,
+            "traj_layout": "for t in traj_steps: s_t, a_t, a_{t+1}, a_{t+2} (first episode; zeros past its end)",
+            "post_success_rule": POST_SUCCESS_RULE,
+            "episode_seeds": "snapshot episode k of context i resets with seed + 10000*i + k",
+            "seed": args.seed,
+            "shapes": shapes(behaviour),
+        }
+        td3.atomic_save(json.dumps(bman, indent=2), out / "behaviour" / "manifest.json")
+    manifest = {
+        "format": FORMAT,
+        "task": task,
+        "context_names": experts[0]["context_names"],
+        "contexts": [e["context"] for e in experts],  # context_id order
+        "experts": infos,  # same order: label, expert eval_return, return measured here, rows
+        "obs_dim": S,
+        "act_dim": A,
+        "gamma": float(experts[0]["gamma"]),
+        "counts": {"rows": int(len(arrays["obs"])), "contexts": len(experts), "episodes_per_context": args.episodes},
+        "seed": args.seed,
+        "episodes": args.episodes,
+        "episode_seeds": "episode e of context i resets with seed + 10000*i + e",
+        "shapes": shapes(arrays),
+        "behaviour": "behaviour" if behaviour is not None else None,
+        "args": asdict(args),
+    }
+    td3.atomic_save(json.dumps(manifest, indent=2), out / "manifest.json")  # last: marks the set complete
+    n_beh = 0 if behaviour is None else len(behaviour["params"])
+    print(f"wrote {manifest['counts']['rows']} rows and {n_beh} behaviour policies to {out}")
+    return {"out_dir": str(out), "manifest": manifest, "behaviour_count": n_beh}
+
+
+if __name__ == "__main__":
+    try:
+        main(tyro.cli(Args))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
