@@ -244,16 +244,7 @@ def main(args: Args) -> dict:
         method = method if names[method] == 1 else f"{method}-{names[method]}"
         train = {td3.context_label(c) for c in ck["split"]["train"]}
         n = 1 if kind == "hyperzero" else args.samples
-        conditions = None
-        if kind != "hyperzero" and ck.get("condition") == "behaviour":
-            conditions = torch.stack(
-                [
-                    torch.as_tensor(by_label[lab]["demo_traj"])
-                    if lab in by_label and "demo_traj" in by_label[lab]
-                    else _missing(lab)
-                    for lab in labels
-                ]
-            )
+        conditions = demo_conditions(task, contexts, by_label, args.seed, device) if ck.get("condition") == "behaviour" else None
         layers = (
             mod.generate_policies(ck, contexts, device=device)
             if n == 1 and kind == "hyperzero"
@@ -316,10 +307,19 @@ def main(args: Args) -> dict:
     return {"rows": rows, "summary": summary, "out_dir": str(out)}
 
 
-def _missing(label):
-    raise UserError(
-        f"context {label}: the behaviour-conditioned generator needs that context's expert (demo trajectory) in --experts"
-    )
+def demo_conditions(task, contexts, by_label, seed, device) -> torch.Tensor:
+    """Behaviour-conditioned generators (MetaWorld) are conditioned on one demonstration of the task: the
+    Make-An-Agent trajectory feature of its expert's deterministic episode. So a task needs its expert."""
+    import collect
+
+    feats = []
+    for ctx in contexts:
+        lab = td3.context_label(ctx)
+        if lab not in by_label:
+            raise UserError(f"context {lab}: a behaviour-conditioned generator needs that task's expert (its demo) in --experts")
+        ep = collect.rollout(td3.make_env(task, ctx, seed), td3.expert_layers(by_label[lab], device=device), seed, device)
+        feats.append(collect.behaviour_features(ep["states"], ep["actions"], ep["success_step"])[0])
+    return torch.as_tensor(np.stack(feats))
 
 
 def summarize(rows: list[dict]) -> list[dict]:
