@@ -1,0 +1,538 @@
+"""hyplatent.py — Gen-HypRL stages 1-2: parameter autoencoder, behaviour embedding and HypLatent (a conditional AAE).
+
+    python hyplatent.py --data runs/vel/rollouts --seed 1 --out-dir runs/vel/hyplatent
+
+Stage 1, Make-An-Agent's autoencoder: a flat actor vector [P] (td3 flatten order, z-scored per feature) is split into
+[first layer | rest]; each chunk goes through its own bias-free Linear to one token of --latent-dim, then a shared
+LayerNorm: latent [2, d]. Stage 1b (MetaWorld): a behaviour embedding h = phi(trajectory), trained with InfoNCE
+against psi(post-success states). Stage 2, HypLatent: generator G(noise, condition) -> latent (normalised to [-1, 1]
+per feature), discriminator F with an auxiliary head Q that reconstructs the condition (Gen-HypRL eq. 3-5). The
+condition is the numeric context (Cheetah-Vel: the goal velocity) or h. Defaults are sized for a laptop CPU at
+quickstart scale; each flag names the paper's value. Reference: shared/reference/genhyprl_spec.md, sections 1.4, 2, 3.
+
+Writes hyplatent.pt (weights_only, a plain dict): format, task, obs/act dims, policy_sizes, chunks, latent_dim,
+condition ('context' or 'behaviour'), context_names, cond_dim, noise_dim, the normalisers {shift, scale} (param_norm,
+latent_norm, cond_norm; traj_norm, post_norm for behaviour), autoencoder / generator / discriminator / embedding
+state_dicts, embed_sizes, args, data_dir, split {train, test: context dicts}, per-context summary, stats; and
+latent_pca.png. Later stages call load_checkpoint and generate_policies (or build_models, conditions_of, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+
+from td3 import (
+    TASKS,
+    UserError,
+    atomic_save,
+    context_label,
+    n_params,
+    parse_contexts,
+    resolve_device,
+    safe_load,
+    unflatten_layers,
+)
+
+FORMAT = "cleanhyper-hyplatent-v1"
+GAIN = 1 / 3  # initial LayerNorm gain: latents start inside the clamp [-1, 1] (gain 1 clips a third, with no gradient)
+
+
+@dataclass
+class Args:
+    data: str = "runs/vel/rollouts"
+    """rollouts directory written by collect.py (manifest.json and behaviour/)"""
+    seed: int = 1
+    """seed of torch (everything is deterministic on CPU)"""
+    out_dir: str = "runs/vel/hyplatent"
+    """writes hyplatent.pt and latent_pca.png here"""
+    condition: Literal["auto", "context", "behaviour"] = "auto"
+    """'context' (numeric context, e.g. the Cheetah-Vel goal), 'behaviour' (trajectory embedding), or 'auto': context when the task has numeric contexts, else behaviour (MetaWorld)"""
+    test_contexts: tuple[str, ...] = ()
+    """contexts held out of all training (numbers, 'name=value,...' or MetaWorld task names)"""
+    latent_dim: int = 128
+    """size of each of the 2 latent tokens (paper 1024)"""
+    ae_steps: int = 1000
+    """autoencoder updates (MAA: 3000 epochs at batch 32)"""
+    ae_batch_size: int = 32
+    """autoencoder minibatch (MAA 32)"""
+    ae_lr: float = 1e-3
+    """AdamW learning rate, cosine-annealed to 0 (MAA 1e-3 with warm restarts)"""
+    ae_weight_decay: float = 5e-3
+    """AdamW weight decay (MAA 5e-3)"""
+    ae_loss_weight: float = 1.0
+    """weight of the reconstruction MSE (eq. 1 says 1e3, MAA's code 1; Adam makes the scale nearly irrelevant)"""
+    input_noise: float = 0.001
+    """autoencoder input noise factor (MAA 0.001)"""
+    latent_noise: float = 0.01
+    """autoencoder latent noise factor (MAA 0.01)"""
+    embed_dim: int = 128
+    """behaviour embedding size, the MetaWorld condition (paper 128)"""
+    embed_hidden: int = 256
+    """hidden width of the trajectory encoder phi (MAA 1024)"""
+    embed_steps: int = 1000
+    """behaviour-embedding updates (MAA: 400 epochs at batch 16)"""
+    embed_batch_size: int = 16
+    """InfoNCE batch: the other samples of the batch are the negatives (MAA 16)"""
+    embed_lr: float = 1e-4
+    """AdamW learning rate of the embedding (MAA 1e-4, weight decay 1e-4)"""
+    noise_dim: int = 0
+    """generator noise size; 0 = the paper's: 4 for a numeric context (Cheetah-Vel), 128 for behaviour (MetaWorld)"""
+    gan_steps: int = 2000
+    """HypLatent iterations (released code: 5000 epochs at batch 128, best near epoch 3400)"""
+    gan_batch_size: int = 128
+    """HypLatent minibatch (released 128)"""
+    gan_lr: float = 2e-4
+    """Adam learning rate of G, F and the info step, betas (0.5, 0.999), weight decay 1e-5 (released)"""
+    lambda_reg: float = 1e3
+    """eq. 5: weight of the info term MSE(Q(F(G(z))), condition) (paper and code 1e3)"""
+    paired_l2_weight: float = 10.0
+    """weight of MSE(G(z), the sample's own latent): not in the paper (0: much worse policies at quickstart scale);
+    released code 1e3 (about 3x less spread between samples than 10)"""
+    label_smoothing: bool = True
+    """noisy label smoothing as the released code: real target 1-U(0.01,0.2) for F, 1-U(0.01,0.3) for G; fake U(0.01,0.2)"""
+    dropout: float = 0.1
+    """dropout in the generator blocks (released 0.1)"""
+    device: str = "auto"
+    """'auto' (cuda when present), 'cpu' or 'cuda'; runs are deterministic on CPU"""
+    torch_threads: int = 1
+    """CPU threads for torch"""
+    log_interval: int = 500
+    """print progress every this many updates"""
+
+
+# Data: collect.py's behaviour arrays (see DESIGN.md) and normalisers {shift, scale}: x_n = (x - shift) / scale
+def load_data(path) -> dict:
+    """ROLLOUTS/manifest.json + ROLLOUTS/behaviour/*.npy -> dict of tensors, validated against each other."""
+    root = Path(path)
+    root = root.parent if root.is_file() else root
+    bdir = root / "behaviour"
+    if not (root / "manifest.json").is_file() or not (bdir / "manifest.json").is_file():
+        raise UserError(f"no behaviour data at {root} (expected manifest.json and behaviour/ written by collect.py)")
+    man, bman = json.loads((root / "manifest.json").read_text()), json.loads((bdir / "manifest.json").read_text())
+    arr = {}
+    for f in ("params", "param_context_id", "param_context", "traj", "post_success"):
+        if not (bdir / f"{f}.npy").is_file():
+            raise UserError(f"missing {bdir / f}.npy (written by collect.py)")
+        arr[f] = torch.from_numpy(np.load(bdir / f"{f}.npy", allow_pickle=False))
+    s, a, sizes = int(man["obs_dim"]), int(man["act_dim"]), [int(x) for x in bman["policy_sizes"]]
+    m = arr["params"].shape[0]
+    shapes = {"params": (m, n_params(sizes)), "param_context_id": (m,), "traj": (m, 20 * (s + 3 * a)), "post_success": (m, 3 * s)}
+    for f, shape in shapes.items():
+        if tuple(arr[f].shape) != shape:
+            raise UserError(f"{bdir / f}.npy has shape {tuple(arr[f].shape)}; expected {shape} (policy sizes {sizes})")
+    ids = arr["param_context_id"].long()
+    if m == 0 or ids.min() < 0 or ids.max() >= len(man["contexts"]):
+        raise UserError(f"{bdir}/param_context_id must index the {len(man['contexts'])} manifest contexts (and M > 0)")
+    out = {"task": man["task"], "context_names": list(man["context_names"]), "contexts": man["contexts"], "context_id": ids}
+    out.update(obs_dim=s, act_dim=a, policy_sizes=sizes, params=arr["params"].float(), traj=arr["traj"].float())
+    return {**out, "context": arr["param_context"].float().reshape(m, -1), "post": arr["post_success"].float()}
+
+
+def zscore(x):  # per feature; the floor keeps features that never move finite
+    return {"shift": x.mean(0), "scale": x.std(0, unbiased=False).clamp_min(1e-6)}
+
+
+def limits(x):  # per feature to [-1, 1] (MAA's LinearNormalizer mode='limits')
+    lo, hi = x.min(0).values, x.max(0).values
+    return {"shift": (hi + lo) / 2, "scale": ((hi - lo) / 2).clamp_min(1e-6)}
+
+
+def normalize(x, nrm):
+    return (x - nrm["shift"].to(x.device)) / nrm["scale"].to(x.device)
+
+
+def unnormalize(x, nrm):
+    return x * nrm["scale"].to(x.device) + nrm["shift"].to(x.device)
+
+
+# Models
+class ParamAutoencoder(nn.Module):
+    """MAA's EncoderDecoder (spec §2): per-chunk bias-free Linear -> token, shared LayerNorm; per-token Linear back."""
+
+    def __init__(self, chunks: list[int], d: int):
+        super().__init__()
+        self.chunks = chunks
+        self.enc = nn.ModuleList(nn.Linear(c, d, bias=False) for c in chunks)
+        self.norm = nn.LayerNorm(d)
+        nn.init.constant_(self.norm.weight, GAIN)
+        self.dec = nn.ModuleList(nn.Linear(d, c, bias=False) for c in chunks)
+
+    def encode(self, x):  # [B, P] -> [B, T, d], T = len(chunks) = 2
+        return self.norm(torch.stack([e(c) for e, c in zip(self.enc, x.split(self.chunks, 1))], 1))
+
+    def decode(self, z):  # [B, T, d] -> [B, P]; clamped because training clamps (the decoder never saw |z| > 1)
+        z = z.clamp(-1, 1)
+        return torch.cat([dec(z[:, i]) for i, dec in enumerate(self.dec)], 1)
+
+    def forward(self, x, input_noise: float, latent_noise: float):  # MAA's training pass
+        z = self.encode(torch.randn_like(x) * input_noise + x * (1 - input_noise))
+        return self.decode(torch.randn_like(z) * latent_noise + z * (1 - latent_noise))
+
+
+class BehaviourEmbedding(nn.Module):
+    """MAA's behaviour embedding (spec §1.4): phi(traj) -> h, psi(post-success states) -> v, bilinear W."""
+
+    def __init__(self, traj_dim: int, post_dim: int, hidden: int, dim: int):
+        super().__init__()
+        self.phi = nn.Sequential(
+            nn.Linear(traj_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, dim)
+        )
+        self.psi = nn.Sequential(nn.Linear(post_dim, 256), nn.LayerNorm(256), nn.Tanh(), nn.Linear(256, dim))
+        self.W = nn.Parameter(torch.rand(dim, dim))  # U[0, 1) as MAA
+
+
+def info_nce(h, v, W):
+    """Eq. 2 as MAA's code: row i of h W v^T [B, B] should pick v_i (cross-entropy); returns (loss, row accuracy)."""
+    logits = h @ (W @ v.T)
+    logits = logits - logits.max(1, keepdim=True).values  # CURL's stabiliser; cross-entropy is shift invariant
+    target = torch.arange(len(h), device=h.device)
+    return F.cross_entropy(logits, target), (logits.argmax(1) == target).float().mean()
+
+
+def block(i: int, o: int, p: float) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(i, o), nn.BatchNorm1d(o), nn.GELU(), nn.Dropout(p))
+
+
+class Generator(nn.Module):
+    """G (spec §3.2): the paper's "1D U-Net" is an MLP D -> D/2 -> D/4 -> D/8 and back with additive skips."""
+
+    def __init__(self, in_dim: int, D: int, p: float):
+        super().__init__()
+        self.d1, self.u1 = nn.Linear(in_dim, D), nn.Linear(D // 2, D)
+        self.d2, self.d3, self.d4 = block(D, D // 2, p), block(D // 2, D // 4, p), block(D // 4, D // 8, p)
+        self.u3, self.u2 = block(D // 8, D // 4, p), block(D // 4, D // 2, p)
+
+    def forward(self, noise, cond):  # [B, noise_dim], [B, c] -> unbounded normalised latent [B, D]
+        d1 = self.d1(torch.cat([noise, cond], 1))  # noise first, as the released code
+        d2 = self.d2(d1)
+        d3 = self.d3(d2)
+        u3 = self.u3(self.d4(d3)) + d3
+        return self.u1(self.u2(u3) + d2) + d1
+
+
+class Discriminator(nn.Module):
+    """F (spec §3.3): unconditional 3-layer trunk; a real/fake logit and Q, one Linear to the condition (paper: 2-layer)."""
+
+    def __init__(self, D: int, cond_dim: int):
+        super().__init__()
+        self.trunk = nn.Sequential(
+            nn.Linear(D, D // 2), nn.GELU(), nn.Linear(D // 2, D // 2), nn.GELU(), nn.Linear(D // 2, D // 4), nn.GELU()
+        )
+        self.real, self.q = nn.Linear(D // 4, 1), nn.Linear(D // 4, cond_dim)
+
+    def forward(self, z):  # [B, D] -> logit of p(real) [B, 1] (the code's Sigmoid lives in the BCE), Q(z) [B, c]
+        x = self.trunk(z)
+        return self.real(x), self.q(x)
+
+
+# Training
+def check(step: int, losses: dict) -> None:
+    for k, v in losses.items():
+        if not np.isfinite(v):
+            raise UserError(f"non-finite {k} = {v} at step {step}; lower the learning rate or check the data")
+
+
+def log(stage: str, step: int, total: int, t0: float, losses: dict, every: int) -> None:
+    if every and (step % every == 0 or step == total):
+        rate, text = step / (time.time() - t0), "  ".join(f"{k} {v:.4g}" for k, v in losses.items())
+        print(f"{stage} {step:>6}/{total}  {rate:6.0f} steps/s  {text}", flush=True)
+
+
+def train_autoencoder(x, chunks: list[int], args: Args) -> ParamAutoencoder:
+    """x: normalised params [N, P]. Eq. 1: weight * MSE(x, decode(clamp(noisy(encode(noisy(x))))))."""
+    ae = ParamAutoencoder(chunks, args.latent_dim).to(x.device)
+    opt = torch.optim.AdamW(ae.parameters(), lr=args.ae_lr, weight_decay=args.ae_weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, args.ae_steps))
+    t0 = time.time()
+    for step in range(1, args.ae_steps + 1):
+        xb = x[torch.randint(0, len(x), (args.ae_batch_size,))].to(x.device)
+        loss = args.ae_loss_weight * F.mse_loss(ae(xb, args.input_noise, args.latent_noise), xb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        check(step, {"ae_loss": loss.item()})
+        log("ae", step, args.ae_steps, t0, {"loss": loss.item()}, args.log_interval)
+    return ae.eval()
+
+
+def train_embedding(traj, post, args: Args) -> tuple[BehaviourEmbedding, float]:
+    """traj [N, 20(S+3A)], post [N, 3S], both normalised. Returns the nets and the last InfoNCE row accuracy."""
+    emb = BehaviourEmbedding(traj.shape[1], post.shape[1], args.embed_hidden, args.embed_dim).to(traj.device)
+    opt = torch.optim.AdamW(emb.parameters(), lr=args.embed_lr, weight_decay=1e-4)
+    t0, accs = time.time(), []
+    for step in range(1, args.embed_steps + 1):
+        idx = torch.randperm(len(traj))[: args.embed_batch_size]  # distinct samples: a repeat would be a false negative
+        loss, acc = info_nce(emb.phi(traj[idx]), emb.psi(post[idx]), emb.W)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        check(step, {"infonce": loss.item()})
+        accs = (accs + [acc.item()])[-100:]
+        log("embed", step, args.embed_steps, t0, {"infonce": loss.item(), "acc": np.mean(accs)}, args.log_interval)
+    return emb.eval(), float(np.mean(accs)) if accs else float("nan")
+
+
+def train_gan(Z, C, args: Args) -> tuple[Generator, Discriminator, dict]:
+    """Z: normalised latents [N, D], C: normalised conditions [N, c]. Losses eq. 3-5 (spec §3.4)."""
+    D, c, B = Z.shape[1], C.shape[1], args.gan_batch_size
+    G, Fd = Generator(args.noise_dim + c, D, args.dropout).to(Z.device), Discriminator(D, c).to(Z.device)
+    adam = lambda ps: torch.optim.Adam(ps, lr=args.gan_lr, betas=(0.5, 0.999), weight_decay=1e-5, foreach=True)
+    g_opt, d_opt, mi_opt = adam(G.parameters()), adam(Fd.parameters()), adam([*G.parameters(), *Fd.parameters()])
+    bce = F.binary_cross_entropy_with_logits
+    eps = lambda hi: (
+        torch.empty(B, 1, device=Z.device).uniform_(0.01, hi) if args.label_smoothing else torch.zeros(B, 1, device=Z.device)
+    )
+    t0, avg = time.time(), {}
+    for step in range(1, args.gan_steps + 1):
+        idx = torch.randint(0, len(Z), (B,))
+        z_real, cond = Z[idx], C[idx]
+        noise = torch.randn(B, args.noise_dim, device=Z.device)
+        fake = G(noise, cond)
+        # eq. 4: F tells real latents (target 1 - eps) from generated ones (target eps); the trunk is unconditional
+        loss_d = 0.5 * (bce(Fd(z_real)[0], 1 - eps(0.2)) + bce(Fd(fake.detach())[0], eps(0.2)))
+        d_opt.zero_grad()
+        loss_d.backward()
+        d_opt.step()
+        # eq. 3, non-saturating form as the code (-log F(G(z))), plus the released code's paired L2 to the sample's own latent.
+        # (The code runs this pass twice with accumulated gradients; with Adam one pass is the same step up to dropout.)
+        loss_adv = bce(Fd(fake)[0], 1 - eps(0.3))
+        loss_l2 = F.mse_loss(fake, z_real)
+        loss_g = loss_adv + args.paired_l2_weight * loss_l2
+        g_opt.zero_grad()
+        loss_g.backward()
+        g_opt.step()
+        # eq. 5: the info term makes G's output carry its condition: Q(F_trunk(G(z))) ~ condition, on G and F together
+        loss_mi = args.lambda_reg * F.mse_loss(Fd(G(noise, cond))[1], cond)
+        mi_opt.zero_grad()
+        loss_mi.backward()
+        mi_opt.step()
+        cur = {"loss_d": loss_d.item(), "loss_adv": loss_adv.item(), "loss_l2": loss_l2.item(), "loss_info": loss_mi.item()}
+        check(step, cur)
+        avg = {k: 0.98 * avg.get(k, v) + 0.02 * v for k, v in cur.items()}  # smoothed for the log
+        log("gan", step, args.gan_steps, t0, avg, args.log_interval)
+    return G.eval(), Fd.eval(), avg
+
+
+# Checkpoint -> policies (the API evaluate.py and hypformer.py use)
+def load_checkpoint(path) -> dict:
+    """hyplatent.pt (or the directory holding it), loaded without pickle, format checked."""
+    path = Path(path)
+    path = path / "hyplatent.pt" if path.is_dir() else path
+    ck = safe_load(path)
+    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
+        fmt = ck.get("format") if isinstance(ck, dict) else type(ck).__name__
+        raise UserError(f"{path} is not a HypLatent checkpoint (format {fmt!r}; expected {FORMAT!r})")
+    return ck
+
+
+def build_models(ckpt: dict, device="cpu") -> dict:
+    """Autoencoder, generator and (behaviour kind) embedding from a checkpoint, in eval mode."""
+    ae = ParamAutoencoder(ckpt["chunks"], ckpt["latent_dim"])
+    G = Generator(ckpt["noise_dim"] + ckpt["cond_dim"], len(ckpt["chunks"]) * ckpt["latent_dim"], ckpt["args"]["dropout"])
+    ae.load_state_dict(ckpt["autoencoder"])
+    G.load_state_dict(ckpt["generator"])
+    models = {"ae": ae, "G": G, "embed": None}
+    if ckpt["embedding"] is not None:
+        models["embed"] = BehaviourEmbedding(**ckpt["embed_sizes"])
+        models["embed"].load_state_dict(ckpt["embedding"])
+    return {k: m.to(device).eval() if m is not None else None for k, m in models.items()}
+
+
+@torch.no_grad()
+def conditions_of(ckpt: dict, models: dict, contexts: list, conditions=None, device="cpu"):
+    """Normalised conditions [K, c]: the numeric contexts, or phi(raw trajectory features [K, traj_dim])."""
+    if ckpt["condition"] == "context":
+        names = ckpt["context_names"]
+        for ctx in contexts:
+            if not isinstance(ctx, dict) or any(n not in ctx for n in names):
+                raise UserError(f"context {ctx!r} lacks one of {names}, which this HypLatent is conditioned on")
+        return normalize(torch.tensor([[float(ctx[n]) for n in names] for ctx in contexts], device=device), ckpt["cond_norm"])
+    if conditions is None:
+        raise UserError(
+            "this model is conditioned on behaviour: pass conditions = demo trajectory features [len(contexts), traj_dim]"
+        )
+    traj = torch.as_tensor(conditions, dtype=torch.float32, device=device)
+    want = (len(contexts), ckpt["embed_sizes"]["traj_dim"])
+    if tuple(traj.shape) != want:
+        raise UserError(f"conditions have shape {tuple(traj.shape)}; expected {want} (one trajectory feature row per context)")
+    return normalize(models["embed"].phi(normalize(traj, ckpt["traj_norm"])), ckpt["cond_norm"])
+
+
+@torch.no_grad()
+def encode_dataset(ckpt: dict, models: dict, data: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every sample of the data -> (normalised latent [M, T*d] as the decoder sees it, normalised condition [M, c])."""
+    dev = next(models["ae"].parameters()).device
+    z = models["ae"].encode(normalize(data["params"].to(dev), ckpt["param_norm"])).clamp(-1, 1).flatten(1)
+    if ckpt["condition"] == "context":
+        cond = normalize(data["context"].to(dev), ckpt["cond_norm"])
+    else:
+        cond = normalize(models["embed"].phi(normalize(data["traj"].to(dev), ckpt["traj_norm"])), ckpt["cond_norm"])
+    return normalize(z, ckpt["latent_norm"]), cond
+
+
+@torch.no_grad()
+def sample_latents(ckpt: dict, models: dict, cond, n: int, seed: int):
+    """n generator samples per condition row, context-major: [K, c] -> normalised latents [K*n, D]."""
+    g = torch.Generator().manual_seed(seed)  # noise drawn on CPU: the same numbers on every device
+    noise = torch.randn(len(cond) * n, ckpt["noise_dim"], generator=g).to(cond.device)
+    return models["G"](noise, cond.repeat_interleave(n, 0))
+
+
+@torch.no_grad()
+def decode_latents(ckpt: dict, models: dict, z):
+    """Normalised latents [K, T*d] -> flat actor parameters [K, P] (td3 flatten order)."""
+    z = unnormalize(z, ckpt["latent_norm"]).view(len(z), len(ckpt["chunks"]), ckpt["latent_dim"])
+    return unnormalize(models["ae"].decode(z), ckpt["param_norm"])
+
+
+@torch.no_grad()
+def generate_policies(ckpt: dict, contexts: list, n: int = 1, seed: int = 0, device="cpu", conditions=None):
+    """len(contexts) * n policies in td3's layer form (context-major). Behaviour kind: conditions [len(contexts), traj_dim]."""
+    models = build_models(ckpt, device)
+    z = sample_latents(ckpt, models, conditions_of(ckpt, models, contexts, conditions, device), n, seed)
+    return unflatten_layers(decode_latents(ckpt, models, z), ckpt["policy_sizes"])
+
+
+@torch.no_grad()
+def plot_latent_pca(ckpt: dict, data_dir, path, per_context: int = 200) -> None:
+    """The paper's Fig. 4: ground-truth (o) and generated (x) latents per context, on the GT latents' first 2 PCs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data, models = load_data(data_dir), build_models(ckpt)
+    Z, C = encode_dataset(ckpt, models, data)
+    mean = Z.mean(0)
+    V = torch.linalg.svd(Z - mean, full_matrices=False)[2][:2]  # [2, D] principal directions
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for k, ctx in enumerate(data["contexts"]):
+        sel = (data["context_id"] == k).nonzero().squeeze(1)[:per_context]
+        if len(sel) == 0:
+            continue
+        # context kind: the context's condition n times; behaviour kind: one sample per demo trajectory
+        fake = (
+            sample_latents(ckpt, models, C[sel[:1]], len(sel), k)
+            if ckpt["condition"] == "context"
+            else sample_latents(ckpt, models, C[sel], 1, k)
+        )
+        real, fake = ((Z[sel] - mean) @ V.T).numpy(), ((fake - mean) @ V.T).numpy()
+        lab = context_label(ctx) + (" (held out)" if ctx in ckpt["split"]["test"] else "")
+        pts = ax.scatter(real[:, 0], real[:, 1], marker="o", alpha=0.35, label=f"{lab} data")
+        ax.scatter(fake[:, 0], fake[:, 1], marker="x", color=pts.get_facecolor()[0][:3], label=f"{lab} generated")
+    ax.set(xlabel="PC 1", ylabel="PC 2", title=f"HypLatent latents, {data['task']} ({ckpt['condition']} condition)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(args: Args) -> dict:
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.torch_threads)
+    dev, t_start = resolve_device(args.device), time.time()
+    data = load_data(args.data)
+    labels = [context_label(c) for c in data["contexts"]]
+    kind = args.condition if args.condition != "auto" else ("context" if data["context_names"] else "behaviour")
+    if kind not in ("context", "behaviour"):
+        raise UserError(f"--condition must be auto, context or behaviour, not '{args.condition}'")
+    if kind == "context" and not data["context_names"]:
+        raise UserError(f"task '{data['task']}' has no numeric context; use --condition behaviour")
+    if args.latent_dim < 8 or min(args.ae_steps, args.gan_steps, args.ae_batch_size, args.gan_batch_size) < 1:
+        raise UserError("need --latent-dim >= 8 and positive step counts and batch sizes")
+    test = [context_label(c) for c in parse_contexts(data["task"], args.test_contexts, args.seed)]
+    if unknown := [t for t in test if t not in labels]:
+        raise UserError(f"test contexts {unknown} are not in the data; its contexts: {' '.join(labels)}")
+    ids = data["context_id"]
+    train = torch.tensor([labels[i] not in test for i in ids.tolist()])  # [M] bool
+    if train.sum() < 2:
+        raise UserError("fewer than 2 training samples after holding out --test-contexts")
+    args = replace(args, noise_dim=args.noise_dim or (4 if kind == "context" else 128))  # the paper's sizes
+    sizes = data["policy_sizes"]
+    chunks = [sizes[0] * sizes[1] + sizes[1], n_params(sizes) - sizes[0] * sizes[1] - sizes[1]]  # [first layer | rest]
+    print(
+        f"{data['task']}: {int(train.sum())} train / {int((~train).sum())} held-out samples, P = {sum(chunks)}, {kind} condition"
+    )
+    ckpt = {"format": FORMAT, "task": data["task"], "obs_dim": data["obs_dim"], "act_dim": data["act_dim"], "policy_sizes": sizes}
+    ckpt.update(condition=kind, context_names=data["context_names"], chunks=chunks, latent_dim=args.latent_dim)
+    ckpt.update(noise_dim=args.noise_dim, embedding=None, embed_sizes=None, traj_norm=None, post_norm=None)
+
+    # Stage 1: the parameter autoencoder on params z-scored per feature over the training samples.
+    ckpt["param_norm"] = zscore(data["params"][train])
+    x = normalize(data["params"], ckpt["param_norm"]).to(dev)
+    ae = train_autoencoder(x[train.to(dev)], chunks, args)
+    with torch.no_grad():  # relative reconstruction error in raw parameter space, and relative to the spread around the mean
+        err = (unnormalize(ae.decode(ae.encode(x)), ckpt["param_norm"]).cpu() - data["params"]).norm(dim=1)
+        rel, rel_c = err / data["params"].norm(dim=1), err / (data["params"] - ckpt["param_norm"]["shift"]).norm(dim=1)
+    ae_stats = {"rel_error": rel[train].mean().item(), "rel_error_centered": rel_c[train].mean().item()}
+    if (~train).any():  # held-out contexts' actors are networks the autoencoder never saw (other runs): expect ~1
+        ae_stats.update(heldout_rel_error=rel[~train].mean().item(), heldout_rel_error_centered=rel_c[~train].mean().item())
+    print("autoencoder: " + "  ".join(f"{k} {v:.4f}" for k, v in ae_stats.items()))
+
+    # Stage 1b: the condition. A numeric context maps the task's valid range to [-1, 1] (fixed, so unseen contexts in
+    # the range stay in it); behaviour: h = phi(traj), limits-normalised over the training samples.
+    models, embed_acc = {"ae": ae, "embed": None}, None
+    if kind == "context":
+        rng = torch.tensor([TASKS[data["task"]]["vars"][n][1:] for n in data["context_names"]])  # [C, (lo, hi)]
+        ckpt["cond_norm"], ckpt["cond_dim"] = {"shift": rng.mean(1), "scale": (rng[:, 1] - rng[:, 0]) / 2}, rng.shape[0]
+    else:
+        ckpt["traj_norm"], ckpt["post_norm"] = limits(data["traj"][train]), limits(data["post"][train])
+        tr = normalize(data["traj"][train], ckpt["traj_norm"]).to(dev)  # [N, 20(S+3A)]
+        po = normalize(data["post"][train], ckpt["post_norm"]).to(dev)  # [N, 3S]
+        models["embed"], embed_acc = train_embedding(tr, po, args)
+        with torch.no_grad():
+            ckpt["cond_norm"], ckpt["cond_dim"] = limits(models["embed"].phi(tr).cpu()), args.embed_dim
+        ckpt["embedding"] = {k: v.cpu() for k, v in models["embed"].state_dict().items()}
+        ckpt["embed_sizes"] = dict(traj_dim=tr.shape[1], post_dim=po.shape[1], hidden=args.embed_hidden, dim=args.embed_dim)
+    with torch.no_grad():  # latents normalised per feature to [-1, 1] over the training samples, as the released code
+        ckpt["latent_norm"] = limits(ae.encode(x[train.to(dev)]).clamp(-1, 1).flatten(1).cpu())
+    Z, C = encode_dataset(ckpt, models, data)  # [M, 2d], [M, c]
+
+    # Stage 2: HypLatent.
+    G, Fd, gan_stats = train_gan(Z[train.to(dev)], C[train.to(dev)], args)
+    Z, C, present = Z.cpu(), C.cpu(), [k for k in range(len(labels)) if (ids == k).any()]
+    ckpt.update(
+        autoencoder={k: v.cpu() for k, v in ae.state_dict().items()},
+        generator={k: v.cpu() for k, v in G.state_dict().items()},
+        discriminator={k: v.cpu() for k, v in Fd.state_dict().items()},
+        args={k: list(v) if isinstance(v, tuple) else v for k, v in asdict(args).items()},
+        data_dir=str(Path(args.data).resolve()),
+        split={
+            "train": [data["contexts"][k] for k in present if labels[k] not in test],
+            "test": [data["contexts"][labels.index(t)] for t in test],
+        },
+        summary={  # per context present in the data: sample count, mean condition and mean latent (normalised)
+            "labels": [labels[k] for k in present],
+            "count": [int((ids == k).sum()) for k in present],
+            "condition_mean": torch.stack([C[ids == k].mean(0) for k in present]),
+            "latent_mean": torch.stack([Z[ids == k].mean(0) for k in present]),
+        },
+        stats={"autoencoder": ae_stats, "embed_accuracy": embed_acc, "gan": gan_stats},
+    )
+    out = Path(args.out_dir)
+    atomic_save(ckpt, out / "hyplatent.pt")
+    plot_latent_pca(ckpt, args.data, out / "latent_pca.png")
+    wall = time.time() - t_start
+    print(f"wrote {out / 'hyplatent.pt'} and {out / 'latent_pca.png'}  ({wall:.0f} s)")
+    return {"checkpoint": str(out / "hyplatent.pt"), "plot": str(out / "latent_pca.png"), **ckpt["stats"], "wall_s": wall}
+
+
+if __name__ == "__main__":
+    try:
+        main(tyro.cli(Args))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,269 @@
+"""Tests of hyplatent.py: autoencoder on real TD3 actors, behaviour embedding, HypLatent on a toy distribution, checkpoints."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import hyplatent
+import td3
+from td3 import UserError
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixture helpers: collect.py's behaviour-data layout (DESIGN.md), written from given arrays or real rollouts
+# ---------------------------------------------------------------------------------------------
+def write_behaviour_data(root, task, contexts, sizes, params, context_id, traj=None, post=None, seed=0):
+    """Writes ROLLOUTS/manifest.json and ROLLOUTS/behaviour/ exactly as collect.py's contract; random traj/post by default."""
+    root = Path(root)
+    (root / "behaviour").mkdir(parents=True, exist_ok=True)
+    s, a = sizes[0], sizes[-1]
+    params = np.asarray(params, dtype=np.float32)
+    m = len(params)
+    rng = np.random.default_rng(seed)
+    names = [n for n in contexts[0] if n not in ("env_name", "goal_seed")]
+    context_id = np.asarray(context_id, dtype=np.int64)
+    arrays = {
+        "params": params,
+        "param_context_id": context_id,
+        "param_context": np.asarray([td3.context_vector(contexts[i]) for i in context_id], dtype=np.float32).reshape(
+            m, len(names)
+        ),
+        "param_step": np.arange(m, dtype=np.int64),
+        "param_return": rng.normal(size=m).astype(np.float32),
+        "param_success": np.full(m, np.nan, dtype=np.float32),
+        "traj": rng.normal(size=(m, 20 * (s + 3 * a))).astype(np.float32) if traj is None else np.asarray(traj, dtype=np.float32),
+        "post_success": rng.normal(size=(m, 3 * s)).astype(np.float32) if post is None else np.asarray(post, dtype=np.float32),
+    }
+    for k, v in arrays.items():
+        np.save(root / "behaviour" / f"{k}.npy", v, allow_pickle=False)
+    man = {"task": task, "context_names": names, "contexts": contexts, "obs_dim": s, "act_dim": a, "gamma": 0.99}
+    (root / "manifest.json").write_text(json.dumps(man))
+    (root / "behaviour" / "manifest.json").write_text(json.dumps({"policy_sizes": list(sizes), "hidden": list(sizes[1:-1])}))
+    return root
+
+
+@torch.no_grad()
+def rollout_features(task, ctx, flat, sizes, seed=0):
+    """One rollout of a flat actor: Make-An-Agent's traj feature (t = 0,3,..,57: s_t a_t a_t+1 a_t+2), post-success, return."""
+    env = td3.make_env(task, ctx, seed)
+    layers = td3.unflatten_layers(torch.as_tensor(flat, dtype=torch.float32)[None], sizes)
+    obs, _ = env.reset(seed=seed)
+    states, actions, ret, done, succ_at = [obs], [], 0.0, False, None
+    while not done:
+        act = td3.mlp(layers, torch.as_tensor(obs, dtype=torch.float32).view(1, 1, -1))[0, 0].numpy()
+        obs, r, term, trunc, info = env.step(act)
+        actions.append(act)
+        states.append(obs)
+        ret += r
+        if succ_at is None and info.get("success", 0):
+            succ_at = len(actions)
+        done = term or trunc
+    env.close()
+    traj = np.concatenate([np.concatenate([states[t], actions[t], actions[t + 1], actions[t + 2]]) for t in range(0, 60, 3)])
+    at = succ_at if succ_at is not None else len(states) - 3
+    return traj, np.concatenate(states[at : at + 3]), ret
+
+
+def tiny_args(tmp_path, data, **kw):
+    """hyplatent.Args that train in about a second."""
+    base = dict(
+        data=str(data), out_dir=str(tmp_path / "hl"), latent_dim=16, ae_steps=30, gan_steps=30, embed_steps=20, log_interval=0
+    )
+    return hyplatent.Args(**{**base, **kw})
+
+
+def vel_data(tmp_path, sizes=(17, 8, 8, 6), per=10, seed=0):
+    """Synthetic Cheetah-Vel behaviour data: 3 goals, `per` random actors each (context-specific offsets)."""
+    contexts = td3.parse_contexts("cheetah-vel", ["0.5", "1.5", "2.5"])
+    g = torch.Generator().manual_seed(seed)
+    cid = np.repeat(np.arange(3), per)
+    base = torch.randn(3, td3.n_params(list(sizes)), generator=g) * 0.3
+    params = base[cid] + 0.03 * torch.randn(len(cid), base.shape[1], generator=g)
+    return write_behaviour_data(tmp_path / "vel", "cheetah-vel", contexts, list(sizes), params.numpy(), cid, seed=seed)
+
+
+def mw_data(tmp_path, sizes=(39, 8, 8, 4), per=8, seed=0):
+    """Synthetic MetaWorld behaviour data (no numeric context: the condition is the trajectory embedding)."""
+    contexts = [{"env_name": n, "goal_seed": 1} for n in ("reach-v3", "door-open-v3")]
+    g = torch.Generator().manual_seed(seed)
+    cid = np.repeat(np.arange(2), per)
+    params = torch.randn(len(cid), td3.n_params(list(sizes)), generator=g) * 0.3
+    return write_behaviour_data(tmp_path / "mw", "metaworld", contexts, list(sizes), params.numpy(), cid, seed=seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 1: the autoencoder on real TD3 actors
+# ---------------------------------------------------------------------------------------------
+def test_autoencoder_round_trip_on_real_actor_parameters(tmp_path):
+    torch.manual_seed(0)
+    td3.main(
+        td3.Args(
+            task="cheetah-vel",
+            contexts=("1.0",),
+            total_timesteps=600,
+            learning_starts=300,
+            batch_size=64,
+            hidden=(16, 16),
+            eval_interval=0,
+            eval_episodes=1,
+            snapshot_interval=100,
+            snapshot_start=300,
+            out_dir=str(tmp_path / "e"),
+            checkpoint_interval=0,
+        )
+    )
+    expert = td3.load_experts(tmp_path / "e")[0]
+    sizes = td3.layer_sizes(17, [16, 16], 6)
+    real = torch.cat(
+        [
+            torch.from_numpy(np.load(tmp_path / "e" / "snapshots_goal_1.npy")),
+            td3.flatten_layers(td3.expert_layers(expert)),
+        ]
+    )  # [5, P]: 4 snapshots + the final actor
+    fresh = td3.flatten_layers(td3.init_layers(27, sizes))  # other (untrained) actors, as other contexts would give
+    params = torch.cat([real, fresh])  # [32, 662]
+    nrm = hyplatent.zscore(params)
+    args = hyplatent.Args(latent_dim=32, ae_steps=1000, ae_lr=3e-3, log_interval=0)
+    ae = hyplatent.train_autoencoder(hyplatent.normalize(params, nrm), [17 * 16 + 16, td3.n_params(sizes) - 17 * 16 - 16], args)
+    with torch.no_grad():
+        rec = hyplatent.unnormalize(ae.decode(ae.encode(hyplatent.normalize(params, nrm))), nrm)
+    rel = (rec - params).norm(dim=1) / params.norm(dim=1)
+    rel_centered = (rec - params).norm(dim=1) / (params - nrm["shift"]).norm(dim=1)
+    assert rel.max() < 0.15 and rel.mean() < 0.05, rel  # the 5 real actors are one tight cluster: the hardest to resolve
+    assert rel_centered.mean() < 0.2, rel_centered  # reconstructs the variation, not only the mean actor
+    layers = td3.unflatten_layers(rec[4:5], sizes)  # the decoded final actor in the policy form
+    act = td3.mlp(layers, torch.randn(1, 50, 17) * 3)
+    assert torch.isfinite(act).all() and act.abs().max() <= 1
+    dec = td3.evaluate_policy("cheetah-vel", expert["context"], layers, 1, seed=5)
+    ref = td3.evaluate_policy("cheetah-vel", expert["context"], td3.expert_layers(expert), 1, seed=5)
+    assert np.isfinite(dec["return_mean"]) and abs(dec["return_mean"] - ref["return_mean"]) < 0.1 * abs(ref["return_mean"]) + 5
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 1b: the behaviour embedding
+# ---------------------------------------------------------------------------------------------
+def test_info_nce_equals_hand_computed_cross_entropy():
+    h, v, W = torch.tensor([[1.0, 0.0], [0.0, 2.0]]), torch.tensor([[1.0, 1.0], [0.0, 1.0]]), torch.eye(2)
+    logits = torch.tensor([[1.0, 0.0], [2.0, 2.0]])  # h_i . v_j
+    want = -(torch.log_softmax(logits, 1)[0, 0] + torch.log_softmax(logits, 1)[1, 1]) / 2
+    loss, acc = hyplatent.info_nce(h, v, W)
+    assert loss.item() == pytest.approx(want.item(), abs=1e-6)
+    assert loss.item() == pytest.approx((np.log(1 + np.exp(-1)) + np.log(2)) / 2, abs=1e-6)
+    assert acc.item() == 0.5  # row 1 ties: argmax picks column 0
+
+
+def test_behaviour_embedding_separates_two_behaviour_families():
+    # Two families whose trajectories differ only in 3 of 60 features (noise elsewhere); the post-success states tell
+    # only the family. Contrastive training must find those features; a random phi separates the families much worse.
+    torch.manual_seed(0)
+    n = 800
+    fam = torch.arange(n) % 2
+    traj = torch.randn(n, 60)
+    traj[:, :3] += (fam[:, None] * 2 - 1) * 1.5  # the best possible accuracy is 0.995
+    post = (fam[:, None] * 2 - 1) * torch.ones(n, 6)
+    args = hyplatent.Args(embed_hidden=64, embed_dim=16, embed_steps=800, embed_batch_size=32, embed_lr=1e-3, log_interval=0)
+
+    def accuracy(phi):  # nearest family centroid on the second half, centroids from the first half
+        with torch.no_grad():
+            h = phi(traj)
+        cents = torch.stack([h[: n // 2][fam[: n // 2] == k].mean(0) for k in (0, 1)])
+        return (torch.cdist(h[n // 2 :], cents).argmin(1) == fam[n // 2 :]).float().mean().item()
+
+    untrained = accuracy(hyplatent.BehaviourEmbedding(60, 6, 64, 16).phi)
+    emb, _ = hyplatent.train_embedding(traj[: n // 2], post[: n // 2], args)
+    trained = accuracy(emb.phi)
+    assert trained > 0.93 and trained > untrained + 0.1, (trained, untrained)  # seeds 0-4: >= 0.96 vs <= 0.80
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2: HypLatent
+# ---------------------------------------------------------------------------------------------
+def test_hyplatent_learns_a_toy_conditional_distribution():
+    torch.manual_seed(0)
+    n, d = 256, 32
+    cond = (torch.arange(n) % 2).float()[:, None] * 2 - 1  # two conditions, -1 and +1
+    Z = 0.5 * cond * torch.ones(1, d) + 0.3 * torch.randn(n, d)  # two clusters, std 0.3 per feature
+    args = hyplatent.Args(gan_steps=1000, gan_batch_size=64, noise_dim=4, log_interval=0)
+    G, _, stats = hyplatent.train_gan(Z, cond, args)
+    assert not G.training
+    with torch.no_grad():
+        for c in (-1.0, 1.0):
+            z = G(torch.randn(400, 4), torch.full((400, 1), c))
+            own, other = Z[cond[:, 0] == c].mean(0), Z[cond[:, 0] == -c].mean(0)
+            assert ((z - own).norm(dim=1) < (z - other).norm(dim=1)).float().mean() > 0.95  # its own condition's cluster
+            assert (z.mean(0) - own).norm() < 0.5 * (own - other).norm()  # seeds 0-5: <= 0.38
+            assert 0.1 < z.std(0).mean() < 0.6  # diverse samples for one condition, on the data's scale (0.3; seeds 0-5: >= 0.2)
+
+
+# ---------------------------------------------------------------------------------------------
+# main, checkpoint, generate_policies, errors
+# ---------------------------------------------------------------------------------------------
+def test_main_checkpoint_generates_policies_deterministically(tmp_path):
+    data = vel_data(tmp_path)
+    res = hyplatent.main(tiny_args(tmp_path, data, test_contexts=("1.5",)))
+    assert Path(res["plot"]).is_file() and np.isfinite(res["autoencoder"]["rel_error"])
+    raw = torch.load(tmp_path / "hl" / "hyplatent.pt", weights_only=True)  # plain tensors, lists, dicts: no pickle
+    ck = hyplatent.load_checkpoint(tmp_path / "hl")
+    assert raw["format"] == ck["format"] == "cleanhyper-hyplatent-v1" and ck["condition"] == "context" and ck["noise_dim"] == 4
+    assert ck["split"] == {"train": [{"goal": 0.5}, {"goal": 2.5}], "test": [{"goal": 1.5}]}
+    assert ck["policy_sizes"] == [17, 8, 8, 6] and ck["embedding"] is None
+    contexts = td3.parse_contexts("cheetah-vel", ["0.5", "1.5", "3.0"])
+    layers = hyplatent.generate_policies(ck, contexts, n=2, seed=3)
+    assert [tuple(W.shape) for W, _ in layers] == [(6, 17, 8), (6, 8, 8), (6, 8, 6)]
+    assert [tuple(b.shape) for _, b in layers] == [(6, 1, 8), (6, 1, 8), (6, 1, 6)]
+    act = td3.mlp(layers, torch.randn(6, 4, 17))
+    assert torch.isfinite(act).all() and act.abs().max() <= 1
+    again = hyplatent.generate_policies(ck, contexts, n=2, seed=3)
+    other = hyplatent.generate_policies(ck, contexts, n=2, seed=4)
+    assert all(torch.equal(W, W2) for (W, _), (W2, _) in zip(layers, again))
+    assert not torch.equal(layers[0][0], other[0][0])
+    assert not torch.equal(layers[0][0][0], layers[0][0][1])  # the n samples of one context differ
+    fake = {"G": lambda noise, cond: cond}  # context-major: the n samples of context 0 come first
+    rows = hyplatent.sample_latents(ck, fake, hyplatent.conditions_of(ck, fake, contexts), 2, seed=0)
+    assert rows[:, 0].tolist() == pytest.approx([-2 / 3, -2 / 3, 0.0, 0.0, 1.0, 1.0])  # goals 0.5, 1.5, 3 of [0, 3] -> [-1, 1]
+    # the same seed gives the same checkpoint
+    hyplatent.main(tiny_args(tmp_path, data, test_contexts=("1.5",), out_dir=str(tmp_path / "hl2")))
+    ck2 = hyplatent.load_checkpoint(tmp_path / "hl2" / "hyplatent.pt")
+    for part in ("autoencoder", "generator", "discriminator"):
+        assert all(torch.equal(ck[part][k], ck2[part][k]) for k in ck[part])
+
+
+def test_behaviour_condition_needs_demo_trajectories(tmp_path):
+    data = mw_data(tmp_path)
+    hyplatent.main(tiny_args(tmp_path, data))
+    ck = hyplatent.load_checkpoint(tmp_path / "hl")
+    assert ck["condition"] == "behaviour" and ck["noise_dim"] == 128 and ck["cond_dim"] == 128 and ck["embedding"] is not None
+    contexts = ck["split"]["train"]
+    with pytest.raises(UserError, match="conditions"):
+        hyplatent.generate_policies(ck, contexts, n=2)
+    traj = np.load(data / "behaviour" / "traj.npy")[[0, 8]]  # one demo per task
+    with pytest.raises(UserError, match="shape"):
+        hyplatent.generate_policies(ck, contexts, n=2, conditions=traj[:1])
+    layers = hyplatent.generate_policies(ck, contexts, n=3, conditions=torch.as_tensor(traj))
+    assert layers[0][0].shape == (6, 39, 8) and layers[-1][1].shape == (6, 1, 4)
+
+
+def test_errors_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="missing file"):
+        hyplatent.load_checkpoint(tmp_path / "nothing.pt")
+    td3.atomic_save({"format": "cleanhyper-hyperzero-v1"}, tmp_path / "other.pt")
+    with pytest.raises(UserError, match="not a HypLatent checkpoint"):
+        hyplatent.load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(UserError, match="no behaviour data"):
+        hyplatent.main(tiny_args(tmp_path, tmp_path / "nowhere"))
+    data = vel_data(tmp_path)
+    with pytest.raises(UserError, match="not in the data"):
+        hyplatent.main(tiny_args(tmp_path, data, test_contexts=("1.0",)))
+    with pytest.raises(UserError, match="no numeric context"):
+        hyplatent.main(tiny_args(tmp_path, mw_data(tmp_path), condition="context"))
+    params = np.load(data / "behaviour" / "params.npy")
+    params[3, 5] = np.nan
+    np.save(data / "behaviour" / "params.npy", params)
+    with pytest.raises(UserError, match="non-finite ae_loss .* at step 1"):
+        hyplatent.main(tiny_args(tmp_path, data))
+    np.save(data / "behaviour" / "params.npy", params[:, :-1])
+    with pytest.raises(UserError, match="shape"):
+        hyplatent.main(tiny_args(tmp_path, data))
