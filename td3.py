@@ -384,6 +384,9 @@ def atomic_save(obj, path) -> None:
                 f.write(obj.encode())
             else:
                 torch.save(obj, f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -315,3 +315,11 @@ def test_cli_corrupt_and_incompatible_resume(tmp_path):
 def test_help_explains_flags():
     r = run_cli("--help")
     assert r.returncode == 0 and "--total-timesteps" in r.stdout and "environment steps per context" in r.stdout
+
+
+def test_atomic_save_permissions_and_no_partial_file(tmp_path):
+    td3.atomic_save(np.arange(3, dtype=np.float32), tmp_path / "a.npy")
+    assert (tmp_path / "a.npy").stat().st_mode & 0o044 == 0o044  # readable by others, as open() would make it
+    with pytest.raises((TypeError, AttributeError)):  # a lambda cannot be pickled
+        td3.atomic_save({"x": lambda: 0}, tmp_path / "b.pt")  # fails half-way: nothing left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy"]
