@@ -28,7 +28,7 @@ import torch
 import tyro
 
 import td3
-from td3 import UserError
+from td3 import UserError, rollout  # noqa: F401  (collect.rollout: the one episode loop, in td3.py)
 
 FORMAT = "cleanhyper-rollouts-v1"
 BEHAVIOUR_FORMAT = "cleanhyper-behaviour-v1"
@@ -73,36 +73,6 @@ def check_experts(experts: list[dict]) -> None:
     labels = [e["label"] for e in experts]
     if len(set(labels)) != len(labels):
         raise UserError(f"duplicate expert contexts: {labels}")
-
-
-@torch.no_grad()
-def rollout(env, layers, reset_seed: int, device) -> dict:
-    """One deterministic episode: states [T+1,S] (s_0..s_T), actions [T,A], rewards [T], terminated [T], the return
-    and success_step (index m of the first state reached by a step with info['success'], -1 if none)."""
-    obs, _ = env.reset(seed=reset_seed)
-    states, actions, rewards, terms = [obs], [], [], []
-    ret, success_step, done = 0.0, -1, False
-    while not done:
-        x = torch.as_tensor(obs, dtype=torch.float32, device=device).view(1, 1, -1)
-        a = td3.mlp(layers, x)[0, 0].cpu().numpy()
-        obs, r, terminated, truncated, info = env.step(a)
-        states.append(obs)
-        actions.append(a)
-        if success_step < 0 and info.get("success", 0.0):
-            success_step = len(actions)
-        rewards.append(r)
-        terms.append(terminated)
-        ret += r  # summed in float64 in step order, exactly as td3.evaluate_policy does
-        done = terminated or truncated
-    f32 = lambda x: np.asarray(x, dtype=np.float32)
-    return {
-        "states": f32(states),
-        "actions": f32(actions),
-        "rewards": f32(rewards),
-        "terminated": f32(terms),
-        "return": ret,
-        "success_step": success_step,
-    }
 
 
 def behaviour_features(states: np.ndarray, actions: np.ndarray, success_step: int) -> tuple[np.ndarray, np.ndarray]:

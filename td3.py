@@ -342,28 +342,47 @@ def n_params(sizes: list[int]) -> int:
 
 
 @torch.no_grad()
+def rollout(env, layers, reset_seed: int, device=None, render: bool = False) -> dict:
+    """One deterministic episode of a policy (layers with K = 1; None: uniform-random actions seeded by reset_seed).
+    Returns states [T+1, S] (s_0..s_T), actions [T, A], rewards [T], terminated [T], the return, success_step (index
+    m of the first state reached by a step with info['success'], -1 if none) and, with render, the frames."""
+    obs, _ = env.reset(seed=reset_seed)
+    env.action_space.seed(reset_seed)
+    states, actions, rewards, terms, frames = [obs], [], [], [], []
+    ret, success_step, done = 0.0, -1, False
+    while not done:
+        if render:
+            frames.append(env.render())
+        if layers is None:
+            a = env.action_space.sample()
+        else:
+            x = torch.as_tensor(obs, dtype=torch.float32, device=layers[0][0].device).view(1, 1, -1)
+            a = mlp(layers, x)[0, 0].cpu().numpy()
+        obs, r, terminated, truncated, info = env.step(a)
+        states.append(obs)
+        actions.append(a)
+        rewards.append(r)
+        terms.append(terminated)
+        if success_step < 0 and info.get("success", 0.0):
+            success_step = len(actions)
+        ret += r  # float64, in step order
+        done = terminated or truncated
+    f32 = lambda x: np.asarray(x, dtype=np.float32)  # noqa: E731
+    out = {"states": f32(states), "actions": f32(actions), "rewards": f32(rewards), "terminated": f32(terms)}
+    return out | {"return": ret, "success_step": success_step, "frames": frames}
+
+
 def evaluate_policy(task: str, ctx: dict, layers, episodes: int, seed: int) -> dict:
-    """Deterministic rollouts of one policy (layers with K = 1); episode e resets with seed + e."""
+    """Deterministic rollouts of one policy (layers with K = 1, or None for uniform-random actions); episode e
+    resets with seed + e."""
     env = make_env(task, ctx, seed)
-    device = layers[0][0].device
-    returns, successes = [], []
-    for e in range(episodes):
-        obs, _ = env.reset(seed=seed + e)
-        ret, success, done = 0.0, 0.0, False
-        while not done:
-            x = torch.as_tensor(obs, dtype=torch.float32, device=device).view(1, 1, -1)
-            action = mlp(layers, x)[0, 0].cpu().numpy()
-            obs, r, terminated, truncated, info = env.step(action)
-            ret += r
-            success = max(success, float(info.get("success", 0.0)))
-            done = terminated or truncated
-        returns.append(ret)
-        successes.append(success)
+    eps = [rollout(env, layers, seed + e) for e in range(episodes)]
     env.close()
+    returns = [ep["return"] for ep in eps]
     return {
         "return_mean": float(np.mean(returns)),
         "return_std": float(np.std(returns)),
-        "success_rate": float(np.mean(successes)) if task == "metaworld" else None,
+        "success_rate": float(np.mean([ep["success_step"] >= 0 for ep in eps])) if task == "metaworld" else None,
         "returns": returns,
     }
 
