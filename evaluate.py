@@ -44,6 +44,10 @@ class Args:
     """episodes per policy and context"""
     samples: int = 4
     """generated policies per context for the generative methods (hyplatent, hypformer)"""
+    adapt_transitions: int = 200
+    """maml, pearl: also evaluate them adapted on this many expert transitions of each context (rows '<method>-adapted'; NOT zero-shot)"""
+    adapt_steps: int = -1
+    """maml: inner SGD steps of that adaptation (-1: the checkpoint's --inner-steps); pearl infers z and takes none"""
     seed: int = 1
     """episode e of every method in a context resets with seed + e; also seeds the generators"""
     out_dir: str = "runs/eval"
@@ -176,6 +180,8 @@ def main(args: Args) -> dict:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.torch_threads)
     device = td3.resolve_device(args.device)
+    if args.adapt_transitions < 1:
+        raise UserError(f"--adapt-transitions must be >= 1, got {args.adapt_transitions}")
     experts = td3.load_experts(args.experts) if args.experts else []
     sources = [load_source(p) for p in args.policies]
     if not experts and not sources:
@@ -271,6 +277,17 @@ def main(args: Args) -> dict:
                     args.seed,
                     out / "videos" / f"{method}_{lab}.gif",
                 )
+        if ck.get("model") in ("maml", "pearl"):  # few-shot rows: adapted on the test context's own expert transitions
+            for lab in (lab for lab in labels if lab not in by_label):
+                print(f"{method + '-adapted':>18} {lab:>22}: skipped, no expert in --experts to draw adaptation transitions from")
+            todo = [(ctx, lab) for ctx, lab in zip(contexts, labels) if lab in by_label]
+            steps = args.adapt_steps if args.adapt_steps >= 0 else ck["args"]["inner_steps"]
+            trans = [expert_transitions(task, by_label[lab], args.adapt_transitions, args.seed, device) for _, lab in todo]
+            adapted = mod.adapt_policies(ck, [ctx for ctx, _ in todo], trans, steps, device=device) if todo else []
+            for i, (ctx, lab) in enumerate(todo):
+                res = td3.evaluate_policy(task, ctx, [(W[i : i + 1], b[i : i + 1]) for W, b in adapted], args.episodes, args.seed)
+                extra = {"adapt_transitions": args.adapt_transitions, "adapt_steps": steps if ck["model"] == "maml" else 0}
+                add(f"{method}-adapted", ctx, res, lab not in train, extra=extra)
 
     # Expert-normalised score (DESIGN.md): (R - random) / (expert - random) in the same context.
     ref = {(r["method"], r["label"]): r["return_mean"] for r in rows}
@@ -320,6 +337,21 @@ def demo_conditions(task, contexts, by_label, seed, device) -> torch.Tensor:
         ep = collect.rollout(td3.make_env(task, ctx, seed), td3.expert_layers(by_label[lab], device=device), seed, device)
         feats.append(collect.behaviour_features(ep["states"], ep["actions"], ep["success_step"])[0])
     return torch.as_tensor(np.stack(feats))
+
+
+def expert_transitions(task, expert, n, seed, device) -> dict:
+    """The first n transitions of the context's expert, rolled out deterministically with reset seeds seed + 50_000 + e,
+    apart from the evaluation episodes' seed + e: the few-shot data of maml-adapted / pearl-adapted."""
+    env, layers, eps = td3.make_env(task, expert["context"], seed), td3.expert_layers(expert, device=device), []
+    while sum(len(ep["actions"]) for ep in eps) < n:
+        eps.append(td3.rollout(env, layers, seed + 50_000 + len(eps)))
+    cat = lambda key, sl=slice(None): np.concatenate([ep[key][sl] for ep in eps])[:n]  # noqa: E731
+    return {
+        "obs": cat("states", slice(None, -1)),
+        "action": cat("actions"),
+        "reward": cat("rewards"),
+        "next_obs": cat("states", slice(1, None)),
+    }
 
 
 def summarize(rows: list[dict]) -> list[dict]:
