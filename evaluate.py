@@ -75,35 +75,11 @@ def load_source(path: str) -> tuple[str, dict, object]:
     raise UserError(f"{files[0]}: unknown format '{fmt}'; expected a file written by hyperzero.py, hyplatent.py or hypformer.py")
 
 
-@torch.no_grad()
-def random_return(task: str, ctx: dict, episodes: int, seed: int) -> dict:
-    """Uniform-random policy on the same initial states: the 0 of the normalised score."""
-    env = td3.make_env(task, ctx, seed)
-    returns = []
-    for e in range(episodes):
-        env.reset(seed=seed + e)
-        env.action_space.seed(seed + e)
-        ret, done = 0.0, False
-        while not done:
-            _, r, terminated, truncated, _ = env.step(env.action_space.sample())
-            ret += r
-            done = terminated or truncated
-        returns.append(ret)
-    return {"return_mean": float(np.mean(returns)), "return_std": float(np.std(returns)), "success_rate": None}
-
-
 def save_video(task, ctx, layers, seed, path):
     import imageio.v2 as imageio
 
-    env = td3.make_env(task, ctx, seed, render_mode="rgb_array")
-    obs, _ = env.reset(seed=seed)
-    frames, done = [], False
-    while not done:
-        frame = env.render()
-        frames.append(frame[::-1] if task == "metaworld" else frame)  # MetaWorld's default camera is upside down
-        x = torch.as_tensor(obs, dtype=torch.float32, device=layers[0][0].device).view(1, 1, -1)
-        obs, _, terminated, truncated, _ = env.step(td3.mlp(layers, x)[0, 0].cpu().numpy())
-        done = terminated or truncated
+    ep = td3.rollout(td3.make_env(task, ctx, seed, render_mode="rgb_array"), layers, seed, render=True)
+    frames = [f[::-1] for f in ep["frames"]] if task == "metaworld" else ep["frames"]  # MetaWorld's camera is upside down
     path.parent.mkdir(parents=True, exist_ok=True)
     imageio.mimsave(path, frames[::2], duration=0.04)
 
@@ -233,7 +209,7 @@ def main(args: Args) -> dict:
         )
 
     for ctx, lab in zip(contexts, labels):
-        add("random", ctx, random_return(task, ctx, args.episodes, args.seed), heldout_of(lab))
+        add("random", ctx, td3.evaluate_policy(task, ctx, None, args.episodes, args.seed), heldout_of(lab))  # the 0 of the score
         if lab in by_label:
             e = by_label[lab]
             add(

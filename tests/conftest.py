@@ -1,8 +1,11 @@
 """Shared tiny fixtures (each builds its data in a temporary directory in a few seconds)."""
 
 import pytest
+import torch
 
 import td3
+
+torch.set_num_threads(1)  # the small nets here are fastest on one thread, and a loaded 2-core machine stays usable
 
 
 @pytest.fixture(scope="session")

@@ -36,9 +36,9 @@ def test_experts_only_rows_and_normalisation(tiny_experts, tmp_path):
 
 def test_random_baseline_is_seeded_and_near_zero_velocity():
     (ctx,) = td3.parse_contexts("cheetah-vel", ["2.0"])
-    a = evaluate.random_return("cheetah-vel", ctx, 2, 5)
-    b = evaluate.random_return("cheetah-vel", ctx, 2, 5)
-    assert a == b
+    a = td3.evaluate_policy("cheetah-vel", ctx, None, 2, 5)  # layers None: uniform-random actions
+    b = td3.evaluate_policy("cheetah-vel", ctx, None, 2, 5)
+    assert a == b and a["returns"][0] != a["returns"][1]
     # a random cheetah barely moves: about -|goal| per step, minus the control cost of U(-1,1)^6 (0.05 * 6/3)
     assert -2.4 * 200 < a["return_mean"] < -1.6 * 200
 
