@@ -19,13 +19,11 @@ replays exactly the episodes stored here. manifest.json is written last: a set w
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import tyro
 
 import td3
 from td3 import UserError, rollout  # noqa: F401  (collect.rollout: the one episode loop, in td3.py)
@@ -250,8 +248,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(tyro.cli(Args))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    td3.cli(main, Args)

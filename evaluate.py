@@ -26,7 +26,6 @@ if "--capture-video" in sys.argv:  # MuJoCo picks its GL backend when first impo
 
 import numpy as np
 import torch
-import tyro
 
 import td3
 from td3 import UserError
@@ -364,8 +363,4 @@ def format_table(summary: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    try:
-        main(tyro.cli(Args))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    td3.cli(main, Args)

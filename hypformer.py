@@ -16,7 +16,6 @@ HypLatent checkpoint but its discriminator, so the file alone generates policies
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,10 +24,9 @@ from typing import Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import tyro
 
 import hyplatent
-from td3 import UserError, atomic_save, context_label, resolve_device, safe_load, unflatten_layers
+from td3 import UserError, atomic_save, cli, context_label, resolve_device, safe_load, unflatten_layers
 
 FORMAT = "cleanhyper-hypformer-v1"
 
@@ -225,8 +223,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(tyro.cli(Args))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    cli(main, Args)

@@ -20,7 +20,6 @@ latent_pca.png. Later stages call load_checkpoint and generate_policies (or buil
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -30,12 +29,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import tyro
 
 from td3 import (
     TASKS,
     UserError,
     atomic_save,
+    cli,
     context_label,
     n_params,
     parse_contexts,
@@ -531,8 +530,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(tyro.cli(Args))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    cli(main, Args)

@@ -776,9 +776,15 @@ def main(args: Args) -> dict:
     }
 
 
-if __name__ == "__main__":
+def cli(main, args_cls) -> None:
+    """Every stage's entry point: parse the flags (tyro turns Args' docstrings into --help), run main, and turn bad
+    input into one line on stderr and exit code 2."""
     try:
-        main(tyro.cli(Args))
+        main(tyro.cli(args_cls))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    cli(main, Args)
