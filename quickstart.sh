@@ -16,8 +16,8 @@ GOALS="0 0.5 1 1.5 2 2.5 3"
 HELDOUT="1 2"
 T0=$(date +%s)
 
-$PY td3.py --task cheetah-vel --contexts $GOALS --total-timesteps 30000 --learning-starts 2000 --hidden 64 64 \
-  --eval-interval 10000 --eval-episodes 3 --snapshot-interval 500 --snapshot-start 15000 --log-interval 5000 \
+$PY td3.py --task cheetah-vel --contexts $GOALS --total-timesteps 50000 --learning-starts 2000 --hidden 64 64 \
+  --eval-interval 10000 --eval-episodes 3 --snapshot-interval 1000 --snapshot-start 25000 --log-interval 5000 \
   --seed 1 --out-dir "$OUT/experts"
 $PY collect.py --experts "$OUT/experts" --episodes 5 --seed 1 --out-dir "$OUT/rollouts"
 
