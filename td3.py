@@ -9,8 +9,9 @@ plain TD3 (Fujimoto et al. 2018, as in CleanRL's td3_continuous_action.py).
     python td3.py --task cheetah-vel --contexts 0.5 1.5 2.5 --total-timesteps 50000 \
         --learning-starts 5000 --seed 1 --out-dir runs/vel/experts
 
-Later stages import `make_env`, `parse_contexts`, the policy form (`mlp`, `flatten_layers`,
-`unflatten_layers`), `evaluate_policy` and `load_experts` from here.
+Later stages import from here: `make_env`, `parse_contexts`, the policy form (`mlp`, `flatten_layers`,
+`unflatten_layers`), the one episode loop (`rollout`, `evaluate_policy`), the file helpers (`atomic_save`, `safe_load`,
+`load_experts`) and `cli`, every stage's entry point.
 """
 
 from __future__ import annotations
