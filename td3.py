@@ -68,6 +68,9 @@ class Args:
     """std of the Gaussian exploration noise after learning_starts"""
     policy_frequency: int = 2
     """actor and target updates every this many critic updates (the policy delay)"""
+    shared_init: bool = False
+    """start every context from the same initial actor and critics (as K separate runs with one seed would), which
+    keeps the experts nearer each other in parameter space for the generators of hyplatent.py"""
     eval_interval: int = 10_000
     """evaluate the deterministic policy every this many steps (0: only at the end)"""
     eval_episodes: int = 5
@@ -455,12 +458,16 @@ def resolve_device(name: str) -> torch.device:
 class TD3:
     """Actor, twin critics (stacked as 2K: Q1 of every context, then Q2), targets and Adam states."""
 
-    def __init__(self, k, obs_dim, act_dim, hidden, lr, device):
+    def __init__(self, k, obs_dim, act_dim, hidden, lr, device, shared: bool = False):
         self.k = k
-        self.actor = [t.requires_grad_() for W_b in init_layers(k, layer_sizes(obs_dim, hidden, act_dim), device) for t in W_b]
-        self.critic = [
-            t.requires_grad_() for W_b in init_layers(2 * k, layer_sizes(obs_dim + act_dim, hidden, 1), device) for t in W_b
-        ]
+        n = 1 if shared else k  # shared: one draw, repeated over the contexts (and over the twins: Q1 != Q2 still)
+        actor = init_layers(n, layer_sizes(obs_dim, hidden, act_dim), device)
+        critic = init_layers(2 * n, layer_sizes(obs_dim + act_dim, hidden, 1), device)
+        if shared:
+            actor = [(W.repeat(k, 1, 1), b.repeat(k, 1, 1)) for W, b in actor]
+            critic = [(W.repeat_interleave(k, 0), b.repeat_interleave(k, 0)) for W, b in critic]  # [Q1 x K, Q2 x K]
+        self.actor = [t.requires_grad_() for W_b in actor for t in W_b]
+        self.critic = [t.requires_grad_() for W_b in critic for t in W_b]
         self.actor_t = [t.detach().clone() for t in self.actor]
         self.critic_t = [t.detach().clone() for t in self.critic]
         self.actor_opt = torch.optim.Adam(self.actor, lr=lr)
@@ -604,7 +611,7 @@ def main(args: Args) -> dict:
     envs = [make_env(args.task, c, args.seed + 1000 * i) for i, c in enumerate(contexts)]
     obs_dim = envs[0].observation_space.shape[0]
     act_dim = envs[0].action_space.shape[0]
-    agent = TD3(k, obs_dim, act_dim, args.hidden, args.learning_rate, device)
+    agent = TD3(k, obs_dim, act_dim, args.hidden, args.learning_rate, device, args.shared_init)
     rb = Replay(k, min(args.buffer_size, args.total_timesteps), obs_dim, act_dim, device)
     step, episode, last_ckpt, rows, snapshots, snap_steps, last_eval = 0, 0, 0, [], [[] for _ in contexts], [], {}
     ckpt_path = out / "checkpoint.pt"

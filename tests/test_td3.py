@@ -323,3 +323,15 @@ def test_atomic_save_permissions_and_no_partial_file(tmp_path):
     with pytest.raises((TypeError, AttributeError)):  # a lambda cannot be pickled
         td3.atomic_save({"x": lambda: 0}, tmp_path / "b.pt")  # fails half-way: nothing left behind
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy"]
+
+
+def test_shared_init_starts_every_context_from_one_draw():
+    torch.manual_seed(0)
+    shared = td3.TD3(3, 5, 2, (8, 8), 1e-3, "cpu", shared=True)
+    for t in shared.actor:
+        assert torch.equal(t[0], t[1]) and torch.equal(t[0], t[2])
+    for t in shared.critic:  # [Q1 x 3, Q2 x 3]: the contexts share, the twins differ
+        assert torch.equal(t[0], t[2]) and torch.equal(t[3], t[5]) and not torch.equal(t[0], t[3])
+    torch.manual_seed(0)
+    separate = td3.TD3(3, 5, 2, (8, 8), 1e-3, "cpu")
+    assert not torch.equal(separate.actor[0][0], separate.actor[0][1])
