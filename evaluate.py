@@ -224,13 +224,14 @@ def main(args: Args) -> dict:
         names[method] = names.get(method, 0) + 1
         method = method if names[method] == 1 else f"{method}-{names[method]}"
         train = {td3.context_label(c) for c in ck["split"]["train"]}
-        n = 1 if kind == "hyperzero" else args.samples
-        conditions = demo_conditions(task, contexts, by_label, args.seed, device) if ck.get("condition") == "behaviour" else None
-        layers = (
-            mod.generate_policies(ck, contexts, device=device)
-            if n == 1 and kind == "hyperzero"
-            else mod.generate_policies(ck, contexts, n=n, seed=args.seed, device=device, conditions=conditions)
-        )
+        if kind == "hyperzero":  # one deterministic policy per context
+            n, layers = 1, mod.generate_policies(ck, contexts, device=device)
+        else:  # generative: --samples policies per context, behaviour-conditioned ones on the task's expert demo
+            conditions = (
+                demo_conditions(task, contexts, by_label, args.seed, device) if ck.get("condition") == "behaviour" else None
+            )
+            n = args.samples
+            layers = mod.generate_policies(ck, contexts, n=n, seed=args.seed, device=device, conditions=conditions)
         for i, (ctx, lab) in enumerate(zip(contexts, labels)):
             per = [
                 td3.evaluate_policy(task, ctx, [(W[j : j + 1], b[j : j + 1]) for W, b in layers], args.episodes, args.seed)

@@ -615,7 +615,7 @@ def main(args: Args) -> dict:
     rb = Replay(k, min(args.buffer_size, args.total_timesteps), obs_dim, act_dim, device)
     step, episode, last_ckpt, rows, snapshots, snap_steps, last_eval = 0, 0, 0, [], [[] for _ in contexts], [], {}
     ckpt_path = out / "checkpoint.pt"
-    cur_args = {k_: v for k_, v in asdict(args).items()}
+    cur_args = asdict(args)
 
     if args.resume:
         ck = safe_load(ckpt_path)
