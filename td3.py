@@ -75,6 +75,10 @@ class Args:
     """evaluate the deterministic policy every this many steps (0: only at the end)"""
     eval_episodes: int = 5
     """episodes per context per evaluation"""
+    keep_best: bool = False
+    """the expert file holds the actor and critics of the best evaluation (success rate first, then return) instead
+    of the last ones: MetaWorld actors can succeed mid-run and fail at the end. Its eval_* are then best-of-N on the
+    same seeds, hence optimistic; evaluate.py re-scores experts on fresh seeds"""
     snapshot_interval: int = 0
     """save the flat actor parameters every this many steps, for Gen-HypRL (0: off)"""
     snapshot_start: int = 0
@@ -614,6 +618,7 @@ def main(args: Args) -> dict:
     agent = TD3(k, obs_dim, act_dim, args.hidden, args.learning_rate, device, args.shared_init)
     rb = Replay(k, min(args.buffer_size, args.total_timesteps), obs_dim, act_dim, device)
     step, episode, last_ckpt, rows, snapshots, snap_steps, last_eval = 0, 0, 0, [], [[] for _ in contexts], [], {}
+    best: list = [None] * k  # --keep-best: per context {"score", "step", "eval", "actor", "critic1", "critic2"}
     ckpt_path = out / "checkpoint.pt"
     cur_args = asdict(args)
 
@@ -627,6 +632,7 @@ def main(args: Args) -> dict:
         step, episode, last_ckpt, rows, last_eval = ck["step"], ck["episode"], ck["last_ckpt"], ck["rows"], ck["last_eval"]
         snapshots = [list(s) for s in ck["snapshots"]]
         snap_steps = list(ck["snapshot_steps"])
+        best = list(ck.get("best", best))  # checkpoints before --keep-best have none
         torch.set_rng_state(ck["rng"])
         print(f"resumed from {ckpt_path} at step {step}")
 
@@ -646,7 +652,16 @@ def main(args: Args) -> dict:
         ]
         for lab, r in zip(labels, res):
             last_eval[lab] = {"step": at_step, **r}
+        for i, r in enumerate(res):
+            score = [r["success_rate"] or 0.0, r["return_mean"]]
+            if args.keep_best and (best[i] is None or score > best[i]["score"]):  # ties keep the earlier actor
+                best[i] = {"score": score, "step": at_step, "eval": r, **weights_of(i)}
         return res
+
+    def weights_of(i):  # context i's actor [W0, b0, ...] and twin critics, detached CPU copies
+        a = [t[i].detach().cpu().clone() for t in agent.actor]
+        c1, c2 = ([t[j].detach().cpu().clone() for t in agent.critic] for j in (i, k + i))
+        return {"actor": a, "critic1": c1, "critic2": c2}
 
     obs = reset_all()
     ep_ret = np.zeros(k)
@@ -684,7 +699,7 @@ def main(args: Args) -> dict:
                 snapshots[i].append(flat[i].clone())
             snap_steps.append(step)
 
-        if args.eval_interval and step % args.eval_interval == 0 and step < args.total_timesteps:
+        if args.eval_interval and step % args.eval_interval == 0:  # before the checkpoint below, so resume sees it
             evaluate(step)
 
         if term.any() or trunc.any():  # every task here ends all K episodes at the same step
@@ -721,6 +736,7 @@ def main(args: Args) -> dict:
                     "last_eval": last_eval,
                     "snapshots": [torch.stack(s) if s else torch.zeros(0) for s in snapshots],
                     "snapshot_steps": snap_steps,
+                    "best": best,
                     "rng": torch.get_rng_state(),
                 }
                 atomic_save(ck, ckpt_path)
@@ -735,11 +751,11 @@ def main(args: Args) -> dict:
             )
 
     # Final evaluation and the expert files (plain dicts: weights_only-loadable).
-    final = evaluate(step)
-    actor = [t.detach().cpu() for t in agent.actor]
-    critic = [t.detach().cpu() for t in agent.critic]
+    done = all(last_eval.get(lab, {}).get("step") == step for lab in labels)  # the loop's last step evaluated
+    final = [last_eval[lab] for lab in labels] if done else evaluate(step)
     paths = []
     for i, (ctx, lab) in enumerate(zip(contexts, labels)):
+        kept = best[i] if args.keep_best else {"step": step, "eval": final[i], **weights_of(i)}
         expert = {
             "format": "cleanhyper-expert-v1",
             "task": args.task,
@@ -750,13 +766,14 @@ def main(args: Args) -> dict:
             "obs_dim": obs_dim,
             "act_dim": act_dim,
             "hidden": list(args.hidden),
-            "actor": [t[i].clone() for t in actor],  # W0 [S,H], b0 [1,H], W1, b1, W2 [H,A], b2 [1,A]
-            "critic1": [t[i].clone() for t in critic],  # Q1 of this context (input cat[s, a])
-            "critic2": [t[k + i].clone() for t in critic],
-            "step": step,
-            "eval_return": final[i]["return_mean"],
-            "eval_return_std": final[i]["return_std"],
-            "eval_success": final[i]["success_rate"],
+            "actor": kept["actor"],  # W0 [S,H], b0 [1,H], W1, b1, W2 [H,A], b2 [1,A]
+            "critic1": kept["critic1"],  # Q1 of this context (input cat[s, a])
+            "critic2": kept["critic2"],
+            "step": kept["step"],
+            "final_step": step,
+            "eval_return": kept["eval"]["return_mean"],
+            "eval_return_std": kept["eval"]["return_std"],
+            "eval_success": kept["eval"]["success_rate"],
             "eval_seed": args.seed + 100_000,
             "eval_episodes": args.eval_episodes,
             "gamma": args.gamma,
@@ -772,9 +789,10 @@ def main(args: Args) -> dict:
     atomic_save(json.dumps(cur_args, indent=2), out / "args.json")
     wall = time.time() - t0
     print(f"\nfinal evaluation (deterministic, {args.eval_episodes} episodes):")
-    for lab, r in zip(labels, final):
+    for i, (lab, r) in enumerate(zip(labels, final)):
         sr = f"  success {r['success_rate']:.2f}" if r["success_rate"] is not None else ""
-        print(f"  {lab:>24}: return {r['return_mean']:9.2f} +- {r['return_std']:.2f}{sr}")
+        kept = f"  (kept step {best[i]['step']}: {best[i]['score']})" if args.keep_best else ""
+        print(f"  {lab:>24}: return {r['return_mean']:9.2f} +- {r['return_std']:.2f}{sr}{kept}")
     print(f"wrote {len(paths)} experts, metrics.csv, args.json{' and snapshots' if snap_steps else ''} to {out}  ({wall:.0f} s)")
     return {
         "out_dir": str(out),

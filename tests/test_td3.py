@@ -1,5 +1,6 @@
 """td3.py: contextual tasks, the policy form, batched TD3, files, determinism, resume and error paths."""
 
+import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -248,6 +249,26 @@ def test_short_run_writes_loadable_experts_and_reproducible_eval(tmp_path):
     assert not np.allclose(snaps[0], final)
 
 
+def test_keep_best_saves_the_best_evaluated_actor(tmp_path):
+    res = td3.main(tiny_args(tmp_path / "run", total_timesteps=1000, eval_interval=200, keep_best=True, snapshot_interval=200))
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    snaps_at = np.load(tmp_path / "run" / "snapshot_steps.npy", allow_pickle=False).tolist()
+    kept_steps = []
+    for path in res["experts"]:
+        e = torch.load(path, weights_only=True)
+        # every evaluation is logged at the episode end of its step (200-step episodes): the kept one is the best
+        evals = {int(r["step"]): float(r["eval_return"]) for r in rows if r["context"] == e["label"]}
+        assert sorted(evals) == [200, 400, 600, 800, 1000] and e["final_step"] == 1000
+        assert e["step"] == max(evals, key=evals.get) and e["eval_return"] == pytest.approx(max(evals.values()))
+        # the kept weights are the actor of that step (its snapshot) and reproduce the saved evaluation
+        snap = np.load(tmp_path / "run" / f"snapshots_{e['label']}.npy", allow_pickle=False)[snaps_at.index(e["step"])]
+        np.testing.assert_array_equal(td3.flatten_layers(td3.expert_layers(e)).numpy()[0], snap)
+        again = td3.evaluate_policy("cheetah-vel", e["context"], td3.expert_layers(e), e["eval_episodes"], e["eval_seed"])
+        assert again["return_mean"] == pytest.approx(e["eval_return"], abs=1e-6)
+        kept_steps.append(e["step"])
+    assert min(kept_steps) < 1000  # at least one context peaked before the end, so the flag changed something
+
+
 def test_same_seed_same_weights_other_seed_differs(tmp_path):
     a = td3.main(tiny_args(tmp_path / "a", contexts=("1.0",), total_timesteps=400))
     b = td3.main(tiny_args(tmp_path / "b", contexts=("1.0",), total_timesteps=400))
@@ -257,15 +278,17 @@ def test_same_seed_same_weights_other_seed_differs(tmp_path):
     assert not torch.equal(ea["actor"][0], ec["actor"][0])
 
 
-def test_resume_reaches_the_same_state(tmp_path):
-    full = td3.main(tiny_args(tmp_path / "full", total_timesteps=800))
-    td3.main(tiny_args(tmp_path / "part", total_timesteps=400))  # "killed" after its checkpoint at 400
-    part = td3.main(tiny_args(tmp_path / "part", total_timesteps=800, resume=True))
+@pytest.mark.parametrize("keep_best", [False, True])
+def test_resume_reaches_the_same_state(tmp_path, keep_best):
+    kw = {"keep_best": keep_best, "eval_interval": 200 if keep_best else 0}
+    full = td3.main(tiny_args(tmp_path / "full", total_timesteps=800, **kw))
+    td3.main(tiny_args(tmp_path / "part", total_timesteps=400, **kw))  # "killed" after its checkpoint at 400
+    part = td3.main(tiny_args(tmp_path / "part", total_timesteps=800, resume=True, **kw))
     for f_full, f_part in zip(full["experts"], part["experts"]):
         x, y = torch.load(f_full, weights_only=True), torch.load(f_part, weights_only=True)
         for key in ("actor", "critic1", "critic2"):
             assert all(torch.equal(a, b) for a, b in zip(x[key], y[key])), key
-        assert x["eval_return"] == y["eval_return"]
+        assert (x["eval_return"], x["step"]) == (y["eval_return"], y["step"])
     ck_full = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
     ck_part = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)
     assert torch.equal(ck_full["replay"]["obs"], ck_part["replay"]["obs"])
