@@ -373,7 +373,7 @@ def rollout(env, layers, reset_seed: int, device=None, render: bool = False) -> 
         terms.append(terminated)
         if success_step < 0 and info.get("success", 0.0):
             success_step = len(actions)
-        ret += r  # float64, in step order
+        ret += float(r)  # in step order; plain float (MetaWorld returns numpy scalars, which weights_only refuses)
         done = terminated or truncated
     f32 = lambda x: np.asarray(x, dtype=np.float32)  # noqa: E731
     out = {"states": f32(states), "actions": f32(actions), "rewards": f32(rewards), "terminated": f32(terms)}

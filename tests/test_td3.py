@@ -153,6 +153,14 @@ def test_metaworld_goal_fixed_by_seed_and_truncation_at_500():
         assert not terminated and truncated == (t == 499) and "success" in info
 
 
+def test_metaworld_evaluation_survives_a_weights_only_checkpoint(tmp_path):
+    # evaluations go into checkpoint.pt; a numpy scalar from MetaWorld's reward made resume fail to load
+    (ctx,) = td3.parse_contexts("metaworld", ["reach-v3"], seed=1)
+    r = td3.evaluate_policy("metaworld", ctx, None, 1, seed=3)
+    td3.atomic_save({"last_eval": {"reach-v3": r}, "best": [{"score": [r["success_rate"], r["return_mean"]]}]}, tmp_path / "c.pt")
+    assert td3.safe_load(tmp_path / "c.pt")["last_eval"]["reach-v3"] == r
+
+
 # ---------------------------------------------------------------------------------------------- policy form
 def test_mlp_equals_nn_sequential_and_flatten_round_trip():
     torch.manual_seed(0)
