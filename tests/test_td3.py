@@ -155,10 +155,12 @@ def test_metaworld_goal_fixed_by_seed_and_truncation_at_500():
 
 def test_metaworld_evaluation_survives_a_weights_only_checkpoint(tmp_path):
     # evaluations go into checkpoint.pt; a numpy scalar from MetaWorld's reward made resume fail to load
-    (ctx,) = td3.parse_contexts("metaworld", ["reach-v3"], seed=1)
+    (ctx,) = td3.parse_contexts("metaworld", ["coffee-button-v3"], seed=1)  # its reward is a numpy.float64
     r = td3.evaluate_policy("metaworld", ctx, None, 1, seed=3)
-    td3.atomic_save({"last_eval": {"reach-v3": r}, "best": [{"score": [r["success_rate"], r["return_mean"]]}]}, tmp_path / "c.pt")
-    assert td3.safe_load(tmp_path / "c.pt")["last_eval"]["reach-v3"] == r
+    td3.atomic_save(
+        {"last_eval": {"coffee-button-v3": r}, "best": [{"score": [r["success_rate"], r["return_mean"]]}]}, tmp_path / "c.pt"
+    )
+    assert td3.safe_load(tmp_path / "c.pt")["last_eval"]["coffee-button-v3"] == r
 
 
 # ---------------------------------------------------------------------------------------------- policy form
