@@ -45,13 +45,38 @@ def test_random_baseline_is_seeded_and_near_zero_velocity():
 
 def test_normalised_score_formula():
     rows = [
-        {"method": "random", "label": "g", "return_mean": -300.0},
-        {"method": "expert", "label": "g", "return_mean": -50.0},
-        {"method": "hyperzero", "label": "g", "return_mean": -100.0},
+        {"method": m, "label": lab, "return_mean": R, "normalized": None}
+        for m, lab, R in [("random", "g", -300.0), ("expert", "g", -50.0), ("hyperzero", "g", -100.0), ("hyperzero", "h", -1.0)]
     ]
-    ref = {(r["method"], r["label"]): r["return_mean"] for r in rows}
-    lo, hi = ref[("random", "g")], ref[("expert", "g")]
-    assert (rows[2]["return_mean"] - lo) / (hi - lo) == pytest.approx(0.8)  # negative returns: never divide by expert alone
+    evaluate.normalize(rows)
+    # negative returns: (R - random) / (expert - random), never R / expert; no expert for h, no score
+    assert [r["normalized"] for r in rows] == [0.0, 1.0, pytest.approx(0.8), None]
+
+
+def test_top_k_success_is_per_policy_not_per_episode():
+    # 10 generated policies, each succeeding in 1 of 2 episodes, and one that always succeeds
+    per_policy = [0.5] * 10 + [1.0]
+    top = evaluate.top_k_success(per_policy)
+    assert top == {"top5_success": pytest.approx(0.6), "top10_success": pytest.approx(0.55)}
+    # the released code's shortcut (sort the 22 episode successes, average the top k) would give 1.0 for both
+    episodes = sorted([1.0, 0.0] * 10 + [1.0, 1.0], reverse=True)
+    assert np.mean(episodes[:5]) == np.mean(episodes[:10]) == 1.0
+    summary = evaluate.summarize(
+        [
+            {"method": "hypformer", "heldout": False, "return_mean": 1.0, "normalized": None, "success_rate": 0.5, **top},
+            {
+                "method": "hypformer",
+                "heldout": True,
+                "return_mean": 1.0,
+                "normalized": None,
+                "success_rate": 0.0,
+                "top5_success": 0.0,
+                "top10_success": 0.0,
+            },
+        ]
+    )[0]
+    assert (summary["train_success"], summary["heldout_success"], summary["all_top5_success"]) == (0.5, 0.0, 0.3)
+    assert "top-5 success" in evaluate.format_table([summary])
 
 
 def run_cli(*argv):
