@@ -6,8 +6,9 @@
 Every method is turned into td3.py's policy form (layers batched over contexts) and rolled out through
 td3.evaluate_policy with the same seeds, so all methods start from the same initial states in a context.
 Writes results.json / results.csv (one row per method and context), returns.png (return against
-context, expert drawn, held-out contexts marked) and normalized.png (mean expert-normalised score on
-training and held-out contexts per method); with --capture-video one GIF per (method, context).
+context, expert drawn, held-out contexts marked), normalized.png (mean expert-normalised score on
+training and held-out contexts per method), success.png (MetaWorld: success per task and method); with
+--capture-video one GIF per (method, context).
 """
 
 from __future__ import annotations
@@ -148,7 +149,28 @@ def plot(rows: list[dict], task: str, out: Path) -> list[str]:
     fig.tight_layout()
     fig.savefig(out / "normalized.png", dpi=120)
     plt.close(fig)
-    return ["returns.png", "normalized.png"]
+    if task != "metaworld":
+        return ["returns.png", "normalized.png"]
+
+    # MetaWorld: success per task and method (the normalised return means little where random beats the expert)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(labels)), 3.8))
+    width = 0.8 / len(methods)
+    for j, m in enumerate(methods):
+        by = {r["label"]: r["success_rate"] for r in rows if r["method"] == m}
+        ax.bar(
+            np.arange(len(labels)) + width * (j - (len(methods) - 1) / 2), [by.get(lab, np.nan) for lab in labels], width, label=m
+        )
+    ax.set_xticks(
+        range(len(labels)), [lab + (" (held out)" if xs[lab] in held else "") for lab in labels], rotation=30, ha="right"
+    )
+    ax.set_ylabel("success rate")
+    ax.set_ylim(0, 1.25)  # room for the legend above the bars
+    ax.legend(fontsize=8, ncol=len(methods))
+    fig.tight_layout()
+    fig.savefig(out / "success.png", dpi=120)
+    plt.close(fig)
+    return ["returns.png", "normalized.png", "success.png"]
 
 
 def main(args: Args) -> dict:

@@ -79,6 +79,16 @@ def test_top_k_success_is_per_policy_not_per_episode():
     assert "top-5 success" in evaluate.format_table([summary])
 
 
+def test_metaworld_plots_include_success(tmp_path):
+    rows = [
+        {"method": m, "label": t, "context": {"env_name": t, "goal_seed": 1}, "heldout": t == "b-v3", "return_mean": 1.0,
+         "return_std": 0.0, "normalized": 0.5, "success_rate": 1.0}
+        for m in ("random", "expert", "hypformer") for t in ("a-v3", "b-v3")
+    ]  # fmt: skip
+    assert evaluate.plot(rows, "metaworld", tmp_path) == ["returns.png", "normalized.png", "success.png"]
+    assert all((tmp_path / f).stat().st_size > 0 for f in ("returns.png", "normalized.png", "success.png"))
+
+
 def run_cli(*argv):
     return subprocess.run([sys.executable, "evaluate.py", *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
 
