@@ -14,40 +14,15 @@ import torch
 import collect
 import hyperzero
 import td3
+from synthetic import M0, M1, A, S, write_linear_rollouts
 from td3 import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
-S, A = 4, 2
-M0 = np.array([[1.0, -0.5, 0.3, 0.0], [0.2, 0.8, -0.6, 0.4]], np.float32)  # [A, S]
-M1 = np.array([[-0.6, 0.4, 0.0, 0.5], [0.5, -0.3, 0.7, -0.4]], np.float32)
 
 
 def write_rollouts(root, goals, rows=300, seed=0) -> Path:
-    """A synthetic collect.py rollout set (task cheetah-vel, context 'goal'): a* = tanh((M0 + goal M1) s),
-    Q* = r = sum(s) with every transition terminal, so the value and TD targets are consistent."""
-    rng = np.random.default_rng(seed)
-    root = Path(root)
-    n = rows * len(goals)
-    obs = rng.normal(size=(n, S)).astype(np.float32)
-    g = np.repeat(np.asarray(goals, np.float32), rows)
-    act = np.tanh(np.einsum("nas,ns->na", M0[None] + g[:, None, None] * M1[None], obs)).astype(np.float32)
-    arrays = {
-        "obs": obs,
-        "action": act,
-        "reward": obs.sum(1),
-        "next_obs": rng.normal(size=(n, S)).astype(np.float32),
-        "terminated": np.ones(n, np.float32),
-        "q": obs.sum(1),
-        "context": g[:, None],
-        "context_id": np.repeat(np.arange(len(goals)), rows).astype(np.int64),
-        "episode": np.repeat(np.arange(len(goals)), rows).astype(np.int64),
-    }
-    for k, v in arrays.items():
-        td3.atomic_save(v, root / f"{k}.npy")
-    man = {"format": "cleanhyper-rollouts-v1", "task": "cheetah-vel", "context_names": ["goal"], "obs_dim": S, "act_dim": A}
-    man |= {"contexts": [{"goal": float(x)} for x in goals], "gamma": 0.99, "counts": {"rows": n, "contexts": len(goals)}}
-    (root / "manifest.json").write_text(json.dumps(man))
-    return root
+    """Q* = r = sum(s) with every transition terminal, so the value and TD targets are consistent."""
+    return write_linear_rollouts(root, goals, rows, seed, reward=lambda obs, g: obs.sum(1), terminal=True)[0]
 
 
 def small(rollouts, out, **kw) -> hyperzero.Args:

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_hyplatent import mw_data, tiny_args, vel_data
 
 import hypformer
 import hyplatent
 import td3
 from td3 import UserError
+from test_hyplatent import mw_data, tiny_args, vel_data
 
 
 def tiny_hf_args(tmp_path, **kw):

@@ -2,7 +2,6 @@
 fast adaptation on a toy task family, PEARL's posterior (narrowing, separating contexts, no action leak), the policy
 form, checkpoints, determinism and the evaluate.py rows."""
 
-import json
 import math
 
 import numpy as np
@@ -13,37 +12,15 @@ import collect
 import evaluate
 import hyperzero
 import td3
+from synthetic import A, S, write_linear_rollouts
 from td3 import UserError
 
-S, A = 4, 2
 torch.set_num_threads(1)  # as every stage's --torch-threads: small nets, and 2 threads fight on a shared CPU
-M0 = np.array([[1.0, -0.5, 0.3, 0.0], [0.2, 0.8, -0.6, 0.4]], np.float32)  # [A, S]
-M1 = np.array([[-0.6, 0.4, 0.0, 0.5], [0.5, -0.3, 0.7, -0.4]], np.float32)
 
 
 def write_rollouts(root, goals, rows=200, seed=0):
-    """Synthetic collect.py set (cheetah-vel, context 'goal'): a* = tanh((M0 + goal M1) s), r = -|s_0 - goal|."""
-    rng = np.random.default_rng(seed)
-    n = rows * len(goals)
-    obs = rng.normal(size=(n, S)).astype(np.float32)
-    g = np.repeat(np.asarray(goals, np.float32), rows)
-    arrays = {
-        "obs": obs,
-        "action": np.tanh(np.einsum("nas,ns->na", M0[None] + g[:, None, None] * M1[None], obs)).astype(np.float32),
-        "reward": -np.abs(obs[:, 0] - g),
-        "next_obs": rng.normal(size=(n, S)).astype(np.float32),
-        "terminated": np.zeros(n, np.float32),
-        "q": obs.sum(1),
-        "context": g[:, None],
-        "context_id": np.repeat(np.arange(len(goals)), rows).astype(np.int64),
-        "episode": np.repeat(np.arange(len(goals)), rows).astype(np.int64),
-    }
-    for k, v in arrays.items():
-        td3.atomic_save(v.astype(np.float32) if v.dtype == np.float64 else v, root / f"{k}.npy")
-    man = {"format": "cleanhyper-rollouts-v1", "task": "cheetah-vel", "context_names": ["goal"], "obs_dim": S, "act_dim": A}
-    man |= {"contexts": [{"goal": float(x)} for x in goals], "gamma": 0.99, "counts": {"rows": n, "contexts": len(goals)}}
-    (root / "manifest.json").write_text(json.dumps(man))
-    return root, arrays
+    """r = -|s_0 - goal|, no terminal rows."""
+    return write_linear_rollouts(root, goals, rows, seed, reward=lambda obs, g: -np.abs(obs[:, 0] - g), terminal=False)
 
 
 def small(rollouts, out, **kw) -> hyperzero.Args:
