@@ -262,9 +262,10 @@ def main(args: Args) -> dict:
             rets = [x for r in per for x in r["returns"]]
             res = {"return_mean": float(np.mean(rets)), "return_std": float(np.std(rets)), "success_rate": None}
             extra = {}
-            if task == "metaworld":
-                res["success_rate"] = float(np.mean([r["success_rate"] for r in per]))
-                extra = top_k_success([r["success_rate"] for r in per])
+            if task == "metaworld":  # success per generated policy first, then the mean and top-k over policies
+                per_policy = [r["success_rate"] for r in per]
+                res["success_rate"] = float(np.mean(per_policy))
+                extra = top_k_success(per_policy)
             add(method, ctx, res, lab not in train, n, extra)
             if args.capture_video:
                 save_video(

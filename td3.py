@@ -650,9 +650,8 @@ def main(args: Args) -> dict:
             )
             for i, c in enumerate(contexts)
         ]
-        for lab, r in zip(labels, res):
+        for i, (lab, r) in enumerate(zip(labels, res)):
             last_eval[lab] = {"step": at_step, **r}
-        for i, r in enumerate(res):
             score = [r["success_rate"] or 0.0, r["return_mean"]]
             if args.keep_best and (best[i] is None or score > best[i]["score"]):  # ties keep the earlier actor
                 best[i] = {"score": score, "step": at_step, "eval": r, **weights_of(i)}
@@ -791,8 +790,8 @@ def main(args: Args) -> dict:
     print(f"\nfinal evaluation (deterministic, {args.eval_episodes} episodes):")
     for i, (lab, r) in enumerate(zip(labels, final)):
         sr = f"  success {r['success_rate']:.2f}" if r["success_rate"] is not None else ""
-        kept = f"  (kept step {best[i]['step']}: {best[i]['score']})" if args.keep_best else ""
-        print(f"  {lab:>24}: return {r['return_mean']:9.2f} +- {r['return_std']:.2f}{sr}{kept}")
+        note = f"  (kept step {best[i]['step']}: {best[i]['score']})" if args.keep_best else ""
+        print(f"  {lab:>24}: return {r['return_mean']:9.2f} +- {r['return_std']:.2f}{sr}{note}")
     print(f"wrote {len(paths)} experts, metrics.csv, args.json{' and snapshots' if snap_steps else ''} to {out}  ({wall:.0f} s)")
     return {
         "out_dir": str(out),
