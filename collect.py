@@ -1,8 +1,9 @@
 """collect.py — roll TD3 experts (and their training snapshots) out into plain .npy datasets.
 
-HyperZero's dataset (reference §3): every expert is rolled out deterministically and each step stores
-(s, a* = pi(s), r, s', terminated, Q*(s, a*), c). Gen-HypRL's behaviour data: every actor snapshot td3.py
-saved is rolled out too and stored as (flat params, Make-An-Agent trajectory feature, post-success states).
+HyperZero's dataset (as SAIC-MONTREAL/hyperzero's eval.py in sl_data mode; docs/reference_code.md#hyperzero-dataset):
+every expert is rolled out deterministically and each step stores (s, a* = pi(s), r, s', terminated, Q*(s, a*), c).
+Gen-HypRL's behaviour data: every actor snapshot td3.py saved is rolled out too and stored as (flat params,
+Make-An-Agent trajectory feature, post-success states); docs/reference_code.md#gen-hyprl-policy-and-data.
 
     python collect.py --experts runs/vel/experts --episodes 10 --seed 1 --out-dir runs/vel/rollouts
 
@@ -43,7 +44,7 @@ class Args:
     experts: str = "runs/td3"
     """directory of expert_*.pt files written by td3.py"""
     episodes: int = 10
-    """deterministic episodes per expert (reference: 10)"""
+    """deterministic episodes per expert (the HyperZero code: 10)"""
     seed: int = 1
     """episode e of expert i resets with seed + 10000*i + e"""
     out_dir: str = "runs/rollouts"
@@ -149,7 +150,7 @@ def main(args: Args) -> dict:
     for stale in (out / "manifest.json", out / "behaviour" / "manifest.json"):
         stale.unlink(missing_ok=True)  # an interrupted rewrite must not look complete
 
-    # ALGO LOGIC: reference §3 — deterministic expert rollouts; q = Q1(s, pi(s)) of the expert's own action.
+    # ALGO LOGIC: HyperZero's dataset — deterministic expert rollouts; q = Q1(s, pi(s)) of the expert's own action.
     data = {k: [] for k in ("obs", "action", "reward", "next_obs", "terminated", "q", "context", "context_id", "episode")}
     envs, infos = [], []
     for i, e in enumerate(experts):

@@ -7,7 +7,9 @@ Tokens [learnable token, L projected priors, projected condition] [B, L+2, T] pa
 attends across the tokens of each sample; a shared MLP, then a latent head and a residue head, each averaged over the
 tokens. Losses (Gen-HypRL eq. 6-8): cosine to the expert latent, residue to (expert - mean prior), and consistency
 of latent + residue with the expert. Inference: latent + residue, decoded by HypLatent's autoencoder.
-Reference: shared/reference/genhyprl_spec.md, section 4.
+"The released code" (or "code") is jayaramreddy10/gen-hyprl_code at the commit in docs/reference_code.md#sources:
+transformer_encoder_residue.py (SampleLatentNet) and train_unet1d_samplenet_residue.py. Where we differ and why:
+docs/reference_code.md#gen-hyprl-hypformer.
 
 Writes hypformer.pt (weights_only, a plain dict): format, task, obs/act dims, policy_sizes, condition, context_names,
 split (as HypLatent's), the HypFormer state_dict and sizes, num_priors, args, stats, and under "hyplatent" the whole
@@ -78,14 +80,15 @@ def mlp2(i: int, h: int, o: int, p: float) -> nn.Sequential:
 
 
 class HypFormer(nn.Module):
-    """The code's SampleLatentNet (spec §4.2) with attention across each sample's own tokens."""
+    """The released SampleLatentNet (transformer_encoder_residue.py) with attention across each sample's own tokens."""
 
     def __init__(self, D: int, cond_dim: int, T: int, heads: int, ffn_dim: int, p: float):
         super().__init__()
         self.token = nn.Parameter(torch.randn(1, 1, D))  # the paper's learnable Z_token, in latent space
         self.prior_proj, self.cond_proj, self.mix = mlp2(D, T, T, p), nn.Linear(cond_dim, T), mlp2(T, T, T, p)
         # batch_first=True: the input is [B, L+2, T], so attention mixes the L+2 tokens of each sample. The released
-        # code leaves batch_first=False on the same input, so it attends across the samples of the batch (spec §4.2):
+        # code leaves batch_first=False on the same input, so it attends across the samples of the batch
+        # (docs/reference_code.md#gen-hyprl-hypformer):
         # a prediction then depends on which other samples share its batch. Deliberately not reproduced.
         self.encoder = nn.TransformerEncoderLayer(T, heads, ffn_dim, dropout=0.1, batch_first=True)
         self.shared, self.latent_head, self.residue_head = mlp2(T, T, T, p), mlp2(T, T, D, p), mlp2(T, T, D, p)

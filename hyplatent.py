@@ -8,7 +8,9 @@ LayerNorm: latent [2, d]. Stage 1b (MetaWorld): a behaviour embedding h = phi(tr
 against psi(post-success states). Stage 2, HypLatent: generator G(noise, condition) -> latent (normalised to [-1, 1]
 per feature), discriminator F with an auxiliary head Q that reconstructs the condition (Gen-HypRL eq. 3-5). The
 condition is the numeric context (Cheetah-Vel: the goal velocity) or h. Defaults are sized for a laptop CPU at
-quickstart scale; each flag names the paper's value. Reference: shared/reference/genhyprl_spec.md, sections 1.4, 2, 3.
+quickstart scale; each flag names the paper's value. "The released code" is jayaramreddy10/gen-hyprl_code and "MAA"
+cheryyunl/Make-An-Agent, at the commits in docs/reference_code.md#sources. Where we differ from them and why:
+docs/reference_code.md#gen-hyprl-parameter-autoencoder-and-behaviour-embedding, docs/reference_code.md#gen-hyprl-hyplatent.
 
 Writes hyplatent.pt (weights_only, a plain dict): format, task, obs/act dims, policy_sizes, chunks, latent_dim,
 condition ('context' or 'behaviour'), context_names, cond_dim, noise_dim, the normalisers {shift, scale} (param_norm,
@@ -110,7 +112,7 @@ class Args:
     """print progress every this many updates"""
 
 
-# Data: collect.py's behaviour arrays (see DESIGN.md) and normalisers {shift, scale}: x_n = (x - shift) / scale
+# Data: collect.py's behaviour arrays (layout in its docstring) and normalisers {shift, scale}: x_n = (x - shift) / scale
 def load_data(path) -> dict:
     """ROLLOUTS/manifest.json + ROLLOUTS/behaviour/*.npy -> dict of tensors, validated against each other."""
     root = Path(path)
@@ -156,8 +158,15 @@ def unnormalize(x, nrm):
 
 
 # Models
+def chunks_of(sizes: list[int]) -> list[int]:
+    """The autoencoder's split of a flat actor [P] into [first layer | rest], one latent token each, as MAA's
+    input_splits [5120, 17544] (its SAC actor's Linear(39, 128), then the rest). sizes: td3 layer sizes [S, h1, ..., A]."""
+    first = sizes[0] * sizes[1] + sizes[1]  # W0 [S, h1] and b0 come first in td3.flatten_layers order
+    return [first, n_params(sizes) - first]
+
+
 class ParamAutoencoder(nn.Module):
-    """MAA's EncoderDecoder (spec §2): per-chunk bias-free Linear -> token, shared LayerNorm; per-token Linear back."""
+    """MAA's EncoderDecoder (autoencoder/model_proj.py): per-chunk bias-free Linear -> token, shared LayerNorm; back per token."""
 
     def __init__(self, chunks: list[int], d: int):
         super().__init__()
@@ -180,7 +189,7 @@ class ParamAutoencoder(nn.Module):
 
 
 class BehaviourEmbedding(nn.Module):
-    """MAA's behaviour embedding (spec §1.4): phi(traj) -> h, psi(post-success states) -> v, bilinear W."""
+    """MAA's behaviour embedding (behavior_embedding/embed_model.py): phi(traj) -> h, psi(post-success) -> v, bilinear W."""
 
     def __init__(self, traj_dim: int, post_dim: int, hidden: int, dim: int):
         super().__init__()
@@ -204,7 +213,8 @@ def block(i: int, o: int, p: float) -> nn.Sequential:
 
 
 class Generator(nn.Module):
-    """G (spec §3.2): the paper's "1D U-Net" is an MLP D -> D/2 -> D/4 -> D/8 and back with additive skips."""
+    """G, the released PolicyGeneratorUnet1D (modelDropout.py): the paper's "1D U-Net" is an MLP D -> D/2 -> D/4 -> D/8 and
+    back with additive skips."""
 
     def __init__(self, in_dim: int, D: int, p: float):
         super().__init__()
@@ -221,7 +231,8 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """F (spec §3.3): unconditional 3-layer trunk; a real/fake logit and Q, one Linear to the condition (paper: 2-layer)."""
+    """F, the released PolicyDiscriminatorCB (modelDropout.py): unconditional 3-layer trunk; a real/fake logit and Q, one
+    Linear to the condition (paper: 2-layer)."""
 
     def __init__(self, D: int, cond_dim: int):
         super().__init__()
@@ -284,7 +295,8 @@ def train_embedding(traj, post, args: Args) -> tuple[BehaviourEmbedding, float]:
 
 
 def train_gan(Z, C, args: Args) -> tuple[Generator, Discriminator, dict]:
-    """Z: normalised latents [N, D], C: normalised conditions [N, c]. Losses eq. 3-5 (spec §3.4)."""
+    """Z: normalised latents [N, D], C: normalised conditions [N, c]. Losses eq. 3-5 as the released
+    train_cond_behaviour_unet1d.py (docs/reference_code.md#gen-hyprl-hyplatent)."""
     D, c, B = Z.shape[1], C.shape[1], args.gan_batch_size
     G, Fd = Generator(args.noise_dim + c, D, args.dropout).to(Z.device), Discriminator(D, c).to(Z.device)
     adam = lambda ps: torch.optim.Adam(ps, lr=args.gan_lr, betas=(0.5, 0.999), weight_decay=1e-5, foreach=True)
@@ -305,7 +317,8 @@ def train_gan(Z, C, args: Args) -> tuple[Generator, Discriminator, dict]:
         loss_d.backward()
         d_opt.step()
         # eq. 3, non-saturating form as the code (-log F(G(z))), plus the released code's paired L2 to the sample's own latent.
-        # (The code runs this pass twice with accumulated gradients; with Adam one pass is the same step up to dropout.)
+        # (The released code runs this pass twice, stepping after each with gradients accumulated since one zero_grad;
+        # we take one pass and one step.)
         loss_adv = bce(Fd(fake)[0], 1 - eps(0.3))
         loss_l2 = F.mse_loss(fake, z_real)
         loss_g = loss_adv + args.paired_l2_weight * loss_l2
@@ -461,7 +474,7 @@ def main(args: Args) -> dict:
         raise UserError("fewer than 2 training samples after holding out --test-contexts")
     args = replace(args, noise_dim=args.noise_dim or (4 if kind == "context" else 128))  # the paper's sizes
     sizes = data["policy_sizes"]
-    chunks = [sizes[0] * sizes[1] + sizes[1], n_params(sizes) - sizes[0] * sizes[1] - sizes[1]]  # [first layer | rest]
+    chunks = chunks_of(sizes)
     print(
         f"{data['task']}: {int(train.sum())} train / {int((~train).sum())} held-out samples, P = {sum(chunks)}, {kind} condition"
     )

@@ -13,7 +13,7 @@ from td3 import UserError
 
 
 # ---------------------------------------------------------------------------------------------
-# Fixture helpers: collect.py's behaviour-data layout (DESIGN.md), written from given arrays or real rollouts
+# Fixture helpers: collect.py's behaviour-data layout (its docstring), written from given arrays
 # ---------------------------------------------------------------------------------------------
 def write_behaviour_data(root, task, contexts, sizes, params, context_id, traj=None, post=None, seed=0):
     """Writes ROLLOUTS/manifest.json and ROLLOUTS/behaviour/ exactly as collect.py's contract; random traj/post by default."""
@@ -43,28 +43,6 @@ def write_behaviour_data(root, task, contexts, sizes, params, context_id, traj=N
     (root / "manifest.json").write_text(json.dumps(man))
     (root / "behaviour" / "manifest.json").write_text(json.dumps({"policy_sizes": list(sizes), "hidden": list(sizes[1:-1])}))
     return root
-
-
-@torch.no_grad()
-def rollout_features(task, ctx, flat, sizes, seed=0):
-    """One rollout of a flat actor: Make-An-Agent's traj feature (t = 0,3,..,57: s_t a_t a_t+1 a_t+2), post-success, return."""
-    env = td3.make_env(task, ctx, seed)
-    layers = td3.unflatten_layers(torch.as_tensor(flat, dtype=torch.float32)[None], sizes)
-    obs, _ = env.reset(seed=seed)
-    states, actions, ret, done, succ_at = [obs], [], 0.0, False, None
-    while not done:
-        act = td3.mlp(layers, torch.as_tensor(obs, dtype=torch.float32).view(1, 1, -1))[0, 0].numpy()
-        obs, r, term, trunc, info = env.step(act)
-        actions.append(act)
-        states.append(obs)
-        ret += r
-        if succ_at is None and info.get("success", 0):
-            succ_at = len(actions)
-        done = term or trunc
-    env.close()
-    traj = np.concatenate([np.concatenate([states[t], actions[t], actions[t + 1], actions[t + 2]]) for t in range(0, 60, 3)])
-    at = succ_at if succ_at is not None else len(states) - 3
-    return traj, np.concatenate(states[at : at + 3]), ret
 
 
 def tiny_args(tmp_path, data, **kw):
@@ -97,6 +75,15 @@ def mw_data(tmp_path, sizes=(39, 8, 8, 4), per=8, seed=0):
 # ---------------------------------------------------------------------------------------------
 # Stage 1: the autoencoder on real TD3 actors
 # ---------------------------------------------------------------------------------------------
+def test_chunks_are_first_layer_then_rest():
+    assert hyplatent.chunks_of([39, 128, 128, 4])[0] == 5120  # MAA's first chunk: Linear(39, 128) with its bias
+    sizes = [17, 16, 16, 6]
+    assert hyplatent.chunks_of(sizes) == [17 * 16 + 16, td3.n_params(sizes) - 17 * 16 - 16]
+    layers = td3.init_layers(2, sizes)
+    first = hyplatent.chunks_of(sizes)[0]
+    assert torch.equal(td3.flatten_layers(layers)[:, :first], td3.flatten_layers(layers[:1]))  # W0, b0 lead the flat vector
+
+
 def test_autoencoder_round_trip_on_real_actor_parameters(tmp_path):
     torch.manual_seed(0)
     td3.main(
@@ -127,7 +114,7 @@ def test_autoencoder_round_trip_on_real_actor_parameters(tmp_path):
     params = torch.cat([real, fresh])  # [32, 662]
     nrm = hyplatent.zscore(params)
     args = hyplatent.Args(latent_dim=32, ae_steps=1000, ae_lr=3e-3, log_interval=0)
-    ae = hyplatent.train_autoencoder(hyplatent.normalize(params, nrm), [17 * 16 + 16, td3.n_params(sizes) - 17 * 16 - 16], args)
+    ae = hyplatent.train_autoencoder(hyplatent.normalize(params, nrm), hyplatent.chunks_of(sizes), args)
     with torch.no_grad():
         rec = hyplatent.unnormalize(ae.decode(ae.encode(hyplatent.normalize(params, nrm))), nrm)
     rel = (rec - params).norm(dim=1) / params.norm(dim=1)
