@@ -3,8 +3,11 @@
     python evaluate.py --experts runs/vel/experts --policies runs/vel/hyperzero runs/vel/hypformer \
         --contexts 0.5 1.0 1.5 --episodes 5 --seed 1 --out-dir runs/vel/eval
 
-Every method is turned into td3.py's policy form (layers batched over contexts) and rolled out through
-td3.evaluate_policy with the same seeds, so all methods start from the same initial states in a context.
+Every policy source (hyperzero.py, meta.py, hyplatent.py, hypformer.py) offers the same functions:
+load_checkpoint(path) and generate_policies(ckpt, contexts, n, seed, device, conditions), which returns td3.py's
+policy form (layers batched over contexts, context-major: n per context for the generative sources, one for the
+deterministic ones), and adapt_policies where the method adapts few-shot (meta.py). Every policy is rolled out
+through td3.evaluate_policy with the same seeds, so all methods start from the same initial states in a context.
 Writes results.json / results.csv (one row per method and context), returns.png (return against
 context, expert drawn, held-out contexts marked), normalized.png (mean expert-normalised score on
 training and held-out contexts per method), success.png (MetaWorld: success per task and method); with
@@ -28,8 +31,16 @@ if "--capture-video" in sys.argv:  # MuJoCo picks its GL backend when first impo
 import numpy as np
 import torch
 
+import collect
+import hyperzero
+import hypformer
+import hyplatent
+import meta
 import td3
 from td3 import UserError
+
+SOURCES = {m.FORMAT: m for m in (hyperzero, meta, hyplatent, hypformer)}  # checkpoint format -> the module reading it
+CHECKPOINTS = ("hyperzero.pt", "meta.pt", "hyplatent.pt", "hypformer.pt")
 
 
 @dataclass
@@ -37,7 +48,7 @@ class Args:
     experts: str | None = None
     """directory of td3.py experts (the 'expert' rows, the normaliser, and the contexts by default)"""
     policies: tuple[str, ...] = ()
-    """directories (or .pt files) written by hyperzero.py, hyplatent.py or hypformer.py"""
+    """directories (or .pt files) written by hyperzero.py, meta.py, hyplatent.py or hypformer.py"""
     contexts: tuple[str, ...] = ()
     """contexts to evaluate (as td3.py's --contexts); default: the experts' and every approximator split's"""
     episodes: int = 5
@@ -60,19 +71,19 @@ class Args:
     """CPU threads for torch"""
 
 
-def load_source(path: str) -> tuple[str, dict, object]:
-    """A policy directory or file -> (format, checkpoint, module that generates its policies)."""
+def load_source(path: str) -> tuple[dict, object]:
+    """A policy directory or file -> (checkpoint, the module that generates its policies), by the file's format."""
     p = Path(path)
     files = [p] if p.is_file() else sorted(p.glob("*.pt")) if p.is_dir() else []
-    files = [f for f in files if f.name in ("hyperzero.pt", "hyplatent.pt", "hypformer.pt")] or files
+    files = [f for f in files if f.name in CHECKPOINTS] or files
     if len(files) != 1:
-        raise UserError(f"{path}: expected one of hyperzero.pt, hyplatent.pt, hypformer.pt (found {[f.name for f in files]})")
+        raise UserError(f"{path}: expected one of {', '.join(CHECKPOINTS)} (found {[f.name for f in files]})")
     fmt = td3.safe_load(files[0]).get("format", "")
-    for module in ("hyperzero", "hyplatent", "hypformer"):
-        if fmt == f"cleanhyper-{module}-v1":
-            mod = __import__(module)
-            return module, mod.load_checkpoint(files[0]), mod
-    raise UserError(f"{files[0]}: unknown format '{fmt}'; expected a file written by hyperzero.py, hyplatent.py or hypformer.py")
+    if fmt not in SOURCES:
+        raise UserError(
+            f"{files[0]}: unknown format '{fmt}'; expected a file written by hyperzero.py, meta.py, hyplatent.py or hypformer.py"
+        )
+    return SOURCES[fmt].load_checkpoint(files[0]), SOURCES[fmt]
 
 
 def save_video(task, ctx, layers, seed, path):
@@ -173,6 +184,67 @@ def plot(rows: list[dict], task: str, out: Path) -> list[str]:
     return ["returns.png", "normalized.png", "success.png"]
 
 
+def demo_conditions(task, contexts, by_label, seed, device) -> torch.Tensor:
+    """Behaviour-conditioned generators (MetaWorld) are conditioned on one demonstration of the task: the
+    Make-An-Agent trajectory feature of its expert's deterministic episode. So a task needs its expert."""
+    feats = []
+    for ctx in contexts:
+        lab = td3.context_label(ctx)
+        if lab not in by_label:
+            raise UserError(f"context {lab}: a behaviour-conditioned generator needs that task's expert (its demo) in --experts")
+        ep = collect.rollout(td3.make_env(task, ctx, seed), td3.expert_layers(by_label[lab], device=device), seed, device)
+        feats.append(collect.behaviour_features(ep["states"], ep["actions"], ep["success_step"])[0])
+    return torch.as_tensor(np.stack(feats))
+
+
+def expert_transitions(task, expert, n, seed, device) -> dict:
+    """The first n transitions of the context's expert, rolled out deterministically with reset seeds seed + 50_000 + e,
+    apart from the evaluation episodes' seed + e: the few-shot data of maml-adapted / pearl-adapted."""
+    env, layers, eps = td3.make_env(task, expert["context"], seed), td3.expert_layers(expert, device=device), []
+    while sum(len(ep["actions"]) for ep in eps) < n:
+        eps.append(td3.rollout(env, layers, seed + 50_000 + len(eps)))
+    cat = lambda key, sl=slice(None): np.concatenate([ep[key][sl] for ep in eps])[:n]  # noqa: E731
+    return {
+        "obs": cat("states", slice(None, -1)),
+        "action": cat("actions"),
+        "reward": cat("rewards"),
+        "next_obs": cat("states", slice(1, None)),
+    }
+
+
+def evaluate_policies(task, ctx, layers, episodes: int, seed: int) -> tuple[dict, dict]:
+    """Every policy in layers (td3 form, K = the policies of one context) rolled out with the same seeds: the returns
+    pooled; on MetaWorld the success rate per policy first, then its mean and top-k over the policies."""
+    per = [
+        td3.evaluate_policy(task, ctx, [(W[j : j + 1], b[j : j + 1]) for W, b in layers], episodes, seed)
+        for j in range(len(layers[0][0]))
+    ]
+    rets = [x for r in per for x in r["returns"]]
+    res = {"return_mean": float(np.mean(rets)), "return_std": float(np.std(rets)), "success_rate": None}
+    if task != "metaworld":
+        return res, {}
+    per_policy = [r["success_rate"] for r in per]
+    res["success_rate"] = float(np.mean(per_policy))
+    return res, top_k_success(per_policy)
+
+
+def write_results(rows: list[dict], task: str, args: Args, out: Path) -> tuple[list[dict], list[str]]:
+    """results.json, results.csv, the plots and summary.json (the summary table printed): (summary, plot files)."""
+    out.mkdir(parents=True, exist_ok=True)
+    td3.atomic_save(json.dumps(rows, indent=1), out / "results.json")
+    buf = io.StringIO()
+    flat = [{**r, "context": json.dumps(r["context"])} for r in rows]
+    w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in flat for k in r)))
+    w.writeheader()
+    w.writerows(flat)
+    td3.atomic_save(buf.getvalue(), out / "results.csv")
+    plots = plot(rows, task, out)
+    summary = summarize(rows)
+    print("\n" + format_table(summary))
+    td3.atomic_save(json.dumps({"args": asdict(args), "summary": summary}, indent=1), out / "summary.json")
+    return summary, plots
+
+
 def main(args: Args) -> dict:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.torch_threads)
@@ -180,30 +252,28 @@ def main(args: Args) -> dict:
     if args.adapt_transitions < 1:
         raise UserError(f"--adapt-transitions must be >= 1, got {args.adapt_transitions}")
     experts = td3.load_experts(args.experts) if args.experts else []
-    sources = [load_source(p) for p in args.policies]
+    sources = [load_source(p) for p in args.policies]  # (checkpoint, module)
     if not experts and not sources:
         raise UserError("nothing to evaluate: give --experts and/or --policies")
-    tasks = {e["task"] for e in experts} | {ck["task"] for _, ck, _ in sources}
+    tasks = {e["task"] for e in experts} | {ck["task"] for ck, _ in sources}
     if len(tasks) != 1:
         raise UserError(f"experts and policies come from different tasks: {sorted(tasks)}")
     task = tasks.pop()
-    dims = {(e["obs_dim"], e["act_dim"]) for e in experts} | {(ck["obs_dim"], ck["act_dim"]) for _, ck, _ in sources}
+    dims = {(e["obs_dim"], e["act_dim"]) for e in experts} | {(ck["obs_dim"], ck["act_dim"]) for ck, _ in sources}
     if len(dims) != 1:
         raise UserError(f"observation/action sizes differ between experts and policies: {sorted(dims)}")
     by_label = {e["label"]: e for e in experts}
     if args.contexts:
         contexts = td3.parse_contexts(task, args.contexts, args.seed)
     else:  # every context anybody knows of, in a stable order
-        pool = [e["context"] for e in experts] + [
-            c for _, ck, _ in sources for part in ("train", "test") for c in ck["split"][part]
-        ]
+        pool = [e["context"] for e in experts] + [c for ck, _ in sources for part in ("train", "test") for c in ck["split"][part]]
         contexts = list({td3.context_label(c): c for c in pool}.values())
     labels = [td3.context_label(c) for c in contexts]
     out = Path(args.out_dir)
 
     rows, t0 = [], time.time()
     # a context is held out for the expert and random rows when no approximator trained on it
-    trained = {td3.context_label(c) for _, ck, _ in sources for c in ck["split"]["train"]}
+    trained = {td3.context_label(c) for ck, _ in sources for c in ck["split"]["train"]}
     heldout_of = lambda lab: (lab not in trained) if sources else None  # noqa: E731
 
     def add(method, ctx, res, heldout, n_policies=1, extra=None):
@@ -233,120 +303,53 @@ def main(args: Args) -> dict:
         add("random", ctx, td3.evaluate_policy(task, ctx, None, args.episodes, args.seed), heldout_of(lab))  # the 0 of the score
         if lab in by_label:
             e = by_label[lab]
+            layers = td3.expert_layers(e, device=device)
             add(
-                "expert",
-                e["context"],
-                td3.evaluate_policy(task, e["context"], td3.expert_layers(e, device=device), args.episodes, args.seed),
-                heldout_of(lab),
+                "expert", e["context"], td3.evaluate_policy(task, e["context"], layers, args.episodes, args.seed), heldout_of(lab)
             )
 
     names: dict[str, int] = {}
-    for kind, ck, mod in sources:
-        method = ck.get("model", kind)
+    for ck, mod in sources:
+        method = ck.get("model", mod.__name__)
         names[method] = names.get(method, 0) + 1
         method = method if names[method] == 1 else f"{method}-{names[method]}"
         train = {td3.context_label(c) for c in ck["split"]["train"]}
-        if kind == "hyperzero":  # one deterministic policy per context
-            n, layers = 1, mod.generate_policies(ck, contexts, device=device)
-        else:  # generative: --samples policies per context, behaviour-conditioned ones on the task's expert demo
-            conditions = (
-                demo_conditions(task, contexts, by_label, args.seed, device) if ck.get("condition") == "behaviour" else None
-            )
-            n = args.samples
-            layers = mod.generate_policies(ck, contexts, n=n, seed=args.seed, device=device, conditions=conditions)
+        # zero-shot: --samples policies per context from a generative source, one from a deterministic source;
+        # a behaviour-conditioned generator (MetaWorld) is conditioned on the task's expert demonstration
+        conditions = demo_conditions(task, contexts, by_label, args.seed, device) if ck.get("condition") == "behaviour" else None
+        layers = mod.generate_policies(ck, contexts, n=args.samples, seed=args.seed, device=device, conditions=conditions)
+        n = len(layers[0][0]) // len(contexts)  # context-major: context i owns policies i*n : (i+1)*n
         for i, (ctx, lab) in enumerate(zip(contexts, labels)):
-            per = [
-                td3.evaluate_policy(task, ctx, [(W[j : j + 1], b[j : j + 1]) for W, b in layers], args.episodes, args.seed)
-                for j in range(i * n, (i + 1) * n)
-            ]
-            rets = [x for r in per for x in r["returns"]]
-            res = {"return_mean": float(np.mean(rets)), "return_std": float(np.std(rets)), "success_rate": None}
-            extra = {}
-            if task == "metaworld":  # success per generated policy first, then the mean and top-k over policies
-                per_policy = [r["success_rate"] for r in per]
-                res["success_rate"] = float(np.mean(per_policy))
-                extra = top_k_success(per_policy)
+            own = [(W[i * n : (i + 1) * n], b[i * n : (i + 1) * n]) for W, b in layers]
+            res, extra = evaluate_policies(task, ctx, own, args.episodes, args.seed)
             add(method, ctx, res, lab not in train, n, extra)
             if args.capture_video:
-                save_video(
-                    task,
-                    ctx,
-                    [(W[i * n : i * n + 1], b[i * n : i * n + 1]) for W, b in layers],
-                    args.seed,
-                    out / "videos" / f"{method}_{lab}.gif",
-                )
-        if ck.get("model") in ("maml", "pearl"):  # few-shot rows: adapted on the test context's own expert transitions
+                save_video(task, ctx, [(W[:1], b[:1]) for W, b in own], args.seed, out / "videos" / f"{method}_{lab}.gif")
+        if hasattr(mod, "adapt_policies"):  # few-shot rows (NOT zero-shot): adapted on the context's expert transitions
             for lab in (lab for lab in labels if lab not in by_label):
                 print(f"{method + '-adapted':>18} {lab:>22}: skipped, no expert in --experts to draw adaptation transitions from")
             todo = [(ctx, lab) for ctx, lab in zip(contexts, labels) if lab in by_label]
-            steps = args.adapt_steps if args.adapt_steps >= 0 else ck["args"]["inner_steps"]
+            steps = mod.adapt_steps(ck, args.adapt_steps)
             trans = [expert_transitions(task, by_label[lab], args.adapt_transitions, args.seed, device) for _, lab in todo]
             adapted = mod.adapt_policies(ck, [ctx for ctx, _ in todo], trans, steps, device=device) if todo else []
             for i, (ctx, lab) in enumerate(todo):
                 res = td3.evaluate_policy(task, ctx, [(W[i : i + 1], b[i : i + 1]) for W, b in adapted], args.episodes, args.seed)
-                extra = {"adapt_transitions": args.adapt_transitions, "adapt_steps": steps if ck["model"] == "maml" else 0}
+                extra = {"adapt_transitions": args.adapt_transitions, "adapt_steps": steps}
                 add(f"{method}-adapted", ctx, res, lab not in train, extra=extra)
 
     normalize(rows)
     if args.capture_video:
         for e in experts:
             if e["label"] in labels:
-                save_video(
-                    task,
-                    e["context"],
-                    td3.expert_layers(e, device=device),
-                    args.seed,
-                    out / "videos" / f"expert_{e['label']}.gif",
-                )
-
-    out.mkdir(parents=True, exist_ok=True)
-    td3.atomic_save(json.dumps(rows, indent=1), out / "results.json")
-    buf = io.StringIO()
-    flat = [{**r, "context": json.dumps(r["context"])} for r in rows]
-    w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in flat for k in r)))
-    w.writeheader()
-    w.writerows(flat)
-    td3.atomic_save(buf.getvalue(), out / "results.csv")
-    plots = plot(rows, task, out)
-    summary = summarize(rows)
-    print("\n" + format_table(summary))
-    td3.atomic_save(json.dumps({"args": asdict(args), "summary": summary}, indent=1), out / "summary.json")
+                layers = td3.expert_layers(e, device=device)
+                save_video(task, e["context"], layers, args.seed, out / "videos" / f"expert_{e['label']}.gif")
+    summary, plots = write_results(rows, task, args, out)
     print(f"\nwrote results.json, results.csv, summary.json, {', '.join(plots)} to {out}  ({time.time() - t0:.0f} s)")
     return {"rows": rows, "summary": summary, "out_dir": str(out)}
 
 
-def demo_conditions(task, contexts, by_label, seed, device) -> torch.Tensor:
-    """Behaviour-conditioned generators (MetaWorld) are conditioned on one demonstration of the task: the
-    Make-An-Agent trajectory feature of its expert's deterministic episode. So a task needs its expert."""
-    import collect
-
-    feats = []
-    for ctx in contexts:
-        lab = td3.context_label(ctx)
-        if lab not in by_label:
-            raise UserError(f"context {lab}: a behaviour-conditioned generator needs that task's expert (its demo) in --experts")
-        ep = collect.rollout(td3.make_env(task, ctx, seed), td3.expert_layers(by_label[lab], device=device), seed, device)
-        feats.append(collect.behaviour_features(ep["states"], ep["actions"], ep["success_step"])[0])
-    return torch.as_tensor(np.stack(feats))
-
-
-def expert_transitions(task, expert, n, seed, device) -> dict:
-    """The first n transitions of the context's expert, rolled out deterministically with reset seeds seed + 50_000 + e,
-    apart from the evaluation episodes' seed + e: the few-shot data of maml-adapted / pearl-adapted."""
-    env, layers, eps = td3.make_env(task, expert["context"], seed), td3.expert_layers(expert, device=device), []
-    while sum(len(ep["actions"]) for ep in eps) < n:
-        eps.append(td3.rollout(env, layers, seed + 50_000 + len(eps)))
-    cat = lambda key, sl=slice(None): np.concatenate([ep[key][sl] for ep in eps])[:n]  # noqa: E731
-    return {
-        "obs": cat("states", slice(None, -1)),
-        "action": cat("actions"),
-        "reward": cat("rewards"),
-        "next_obs": cat("states", slice(1, None)),
-    }
-
-
 def normalize(rows: list[dict]) -> None:
-    """Expert-normalised score (DESIGN.md), in place: (R - random) / (expert - random) in the same context; None
+    """Expert-normalised score, in place: (R - random) / (expert - random) in the same context; None
     where the context has no expert or expert and random tie."""
     ref = {(r["method"], r["label"]): r["return_mean"] for r in rows}
     for r in rows:

@@ -1,4 +1,5 @@
-"""Training steps/s of HyperZero: weights generated once per context (hyperzero.py) vs once per sample (reference).
+"""Training steps/s of HyperZero: weights generated once per context (hyperzero.py) vs once per sample (as the released
+code, SAIC-MONTREAL/hyperzero: models/hypenet_core.py, does).
 
 Same model, same batch, same loss (BC + value + TD, hyperzero.compute_losses); only where the weights are generated
 differs. Random data shaped like Cheetah (S=17, A=6).
@@ -32,9 +33,9 @@ class Args:
     act_dim: int = 6
     """action size"""
     embed_dim: int = 256
-    """context embedding size (reference 256)"""
+    """context embedding size (the released code: 256)"""
     policy_hidden: tuple[int, ...] = (256,)
-    """generated net hidden sizes (reference: one layer of 256)"""
+    """generated net hidden sizes (the released code: one layer of 256)"""
     steps: int = 20
     """timed steps per mode (after 3 warm-up steps)"""
     device: str = "auto"

@@ -1,5 +1,5 @@
 """hyperzero.py: generated policy form, context-major = per-sample, TD loss by hand, zero-shot known answer,
-MLP folding, checkpoints, determinism and error paths."""
+MLP folding, checkpoints, determinism and error paths (maml and pearl refused: meta.py)."""
 
 import json
 import math
@@ -96,7 +96,7 @@ def test_td_loss_equals_hand_computed_value():
     assert parts["value"].item() == pytest.approx(((3 - 0.2 - 0.3 - 0.5) ** 2 + (2.5 - 0.4 + 0.1 - 0.5) ** 2) / 2, rel=1e-6)
     parts["td"].backward()
     assert pi_W.grad is None or pi_W.grad.abs().sum() == 0  # sg(pi(s')): no gradient into the policy
-    assert q_W.grad.abs().sum() > 0  # the bootstrapped side carries the gradient (reference §4.3)
+    assert q_W.grad.abs().sum() > 0  # the bootstrapped side carries the gradient, as in the released code
     # --normalize-q: Q = 1 + 2 net(s, a), losses in units of 2
     batch = (torch.zeros(1, 1), obs, act, rew, next_obs, term, q)
     scaled = hyperzero.compute_losses(layers, batch, 0.99, use_td=True, q_shift=1.0, q_scale=2.0)
@@ -152,9 +152,9 @@ def test_every_model_trains_and_round_trips(synth, tmp_path, name):
     assert ckpt["policy_sizes"] == [S, 32, A] and ckpt["context_names"] == ["goal"] and ckpt["args"]["policy_hidden"] == [32]
     assert len(ckpt["split"]["test"]) == 1 and len(ckpt["split"]["train"]) == 6  # int(0.15 * 7) -> at least 1
     assert set(res["history"][-1]) >= {"loss", "bc", "test_bc", "steps_per_s"}
-    assert ("td" in res["history"][-1]) == hyperzero.MODELS[name][2] and ("value" in res["history"][-1]) == hyperzero.MODELS[
+    assert ("td" in res["history"][-1]) == hyperzero.MODELS[name].td and ("value" in res["history"][-1]) == hyperzero.MODELS[
         name
-    ][1]
+    ].q
     ctxs = [{"goal": 0.7}, {"goal": 3.0}]
     for (W0, b0), (W1, b1) in zip(hyperzero.generate_policies(res["ckpt"], ctxs), hyperzero.generate_policies(ckpt, ctxs)):
         assert torch.equal(W0, W1) and torch.equal(b0, b1)
@@ -219,6 +219,25 @@ def test_non_finite_loss_names_the_step(tmp_path):
     np.save(root / "q.npy", np.full(900, 1e30, np.float32))  # (1e30)^2 overflows float32
     with pytest.raises(UserError, match="non-finite loss at step 1"):
         hyperzero.main(small(root, tmp_path / "x"))
+
+
+def test_meta_models_refused_with_a_pointer_to_meta_py(synth, tmp_path):
+    for name in ("maml", "pearl"):
+        with pytest.raises(UserError, match=f"--model {name} is trained by meta.py now"):
+            hyperzero.main(small(synth, tmp_path / "x", model=name))
+    p = subprocess.run(
+        [sys.executable, "hyperzero.py", "--rollouts", str(synth), "--model", "maml", "--out-dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "python meta.py --model maml" in p.stderr
+    assert not (tmp_path / "hyperzero.pt").exists()
+    # a checkpoint an older hyperzero.py wrote with --model maml (same format name): one line saying to retrain
+    ckpt = hyperzero.main(small(synth, tmp_path / "ok", steps=1))["ckpt"]
+    td3.atomic_save({**ckpt, "model": "pearl"}, tmp_path / "old.pt")
+    with pytest.raises(UserError, match="old hyperzero.py --model pearl checkpoint: retrain it with meta.py --model pearl"):
+        hyperzero.load_checkpoint(tmp_path / "old.pt")
 
 
 def test_cli_error_one_line_exit_2(synth, tmp_path):

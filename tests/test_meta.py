@@ -1,4 +1,4 @@
-"""hyperzero.py --model maml / pearl and their few-shot adaptation in evaluate.py: MAML's second-order gradient and its
+"""meta.py (MAML and PEARL) and their few-shot adaptation in evaluate.py: MAML's second-order gradient and its
 fast adaptation on a toy task family, PEARL's posterior (narrowing, separating contexts, no action leak), the policy
 form, checkpoints, determinism and the evaluate.py rows."""
 
@@ -11,6 +11,7 @@ import torch
 import collect
 import evaluate
 import hyperzero
+import meta
 import td3
 from synthetic import A, S, write_linear_rollouts
 from td3 import UserError
@@ -23,9 +24,9 @@ def write_rollouts(root, goals, rows=200, seed=0):
     return write_linear_rollouts(root, goals, rows, seed, reward=lambda obs, g: -np.abs(obs[:, 0] - g), terminal=False)
 
 
-def small(rollouts, out, **kw) -> hyperzero.Args:
+def small(rollouts, out, **kw) -> meta.Args:
     base = dict(rollouts=str(rollouts), out_dir=str(out), embed_dim=32, policy_hidden=(32,), steps=20, log_interval=10)
-    return hyperzero.Args(**{**base, **kw})
+    return meta.Args(**{**base, **kw})
 
 
 def as_transitions(arrays, goal, n):
@@ -43,14 +44,14 @@ def synth(tmp_path_factory):
 # ---------------------------------------------------------------------------------------------------------------------
 def test_maml_gradient_is_second_order_and_first_order_drops_it():
     torch.manual_seed(0)
-    model = hyperzero.build_model("maml", 1, 16, [S, 8, A], None)
+    model = meta.build_model("maml", 1, 16, [S, 8, A])
     g = torch.Generator().manual_seed(0)
     c = torch.randn(3, 1, generator=g)
     (xs, xq), (ys, yq) = torch.randn(2, 3, 6, S, generator=g), torch.rand(2, 3, 6, A, generator=g) - 0.5
     grads = {}
     for first_order in (False, True):
         model.zero_grad()
-        hyperzero.maml_loss(model, (c, xs, ys), (c, xq, yq), 3, 0.5, first_order).backward()
+        meta.maml_loss(model, (c, xs, ys), (c, xq, yq), 3, 0.5, first_order).backward()
         got = [p.grad.clone() for p in model.parameters()]
         # by hand, one context at a time: autograd.grad with create_graph (learn2learn's MAML) or detached (FOMAML)
         model.zero_grad()
@@ -59,10 +60,10 @@ def test_maml_gradient_is_second_order_and_first_order_drops_it():
             p = dict(model.named_parameters())
             for _ in range(3):
                 gi = torch.autograd.grad(
-                    hyperzero.bc_loss(model, p, c[i], xs[i], ys[i]), list(p.values()), create_graph=not first_order
+                    meta.bc_loss(model, p, c[i], xs[i], ys[i]), list(p.values()), create_graph=not first_order
                 )
                 p = {k: v - 0.5 * d for (k, v), d in zip(p.items(), gi)}
-            loss = loss + hyperzero.bc_loss(model, p, c[i], xq[i], yq[i]) / 3
+            loss = loss + meta.bc_loss(model, p, c[i], xq[i], yq[i]) / 3
         loss.backward()
         for a, b in zip(got, (p.grad for p in model.parameters())):
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
@@ -84,17 +85,17 @@ def test_maml_adapts_a_new_task_far_faster_than_a_pretrained_init():
     after, before = {}, {}
     for name, inner in (("maml", 3), ("pretrained", 0)):
         torch.manual_seed(0)
-        model = hyperzero.build_model("maml", 1, 8, [1, 40, 40, 1], None)
+        model = meta.build_model("maml", 1, 8, [1, 40, 40, 1])
         opt = torch.optim.Adam(model.parameters(), 3e-3)
         g = torch.Generator().manual_seed(0)
         for _ in range(150):
-            loss = hyperzero.maml_loss(model, *sinusoids(g, 10), inner, 0.1)
+            loss = meta.maml_loss(model, *sinusoids(g, 10), inner, 0.1)
             opt.zero_grad()
             loss.backward()
             opt.step()
         new = sinusoids(torch.Generator().manual_seed(123), 200)  # unseen tasks: 3 SGD steps on 10 points each
-        before[name] = hyperzero.maml_loss(model, *new, 0, 0.1).item()
-        after[name] = hyperzero.maml_loss(model, *new, 3, 0.1, first_order=True).item()
+        before[name] = meta.maml_loss(model, *new, 0, 0.1).item()
+        after[name] = meta.maml_loss(model, *new, 3, 0.1, first_order=True).item()
     print(f"query MSE before -> after 3 steps: {before} -> {after}")  # measured: maml 0.12 -> 0.03, pretrained 0.12 -> 0.10
     gain = {k: before[k] - after[k] for k in after}
     assert gain["maml"] > 3 * gain["pretrained"] and after["maml"] < 0.5 * after["pretrained"]
@@ -105,14 +106,14 @@ def test_maml_adapts_a_new_task_far_faster_than_a_pretrained_init():
 # ---------------------------------------------------------------------------------------------------------------------
 def test_pearl_no_action_leak():
     torch.manual_seed(0)
-    model = hyperzero.build_model("pearl", 1, 16, [S, 8, A], None, latent_dim=3)
+    model = meta.build_model("pearl", 1, 16, [S, 8, A], latent_dim=3)
     g = torch.Generator().manual_seed(0)
     data = {
         f: torch.randn(50, d, generator=g).squeeze(-1) for f, d in (("obs", S), ("action", A), ("reward", 1), ("next_obs", S))
     }
     start, count, ctx = torch.tensor([0, 25]), torch.tensor([25, 25]), torch.tensor([1, 0])
     for _ in range(200):  # support and query rows: inside their context, never shared
-        sup, qry = hyperzero.meta_rows(start, count, ctx, 10, 10)
+        sup, qry = meta.meta_rows(start, count, ctx, 10, 10)
         for k in range(2):
             rows = torch.cat([sup[k], qry[k]])
             assert len(set(rows.tolist())) == 20 and ((rows >= start[ctx[k]]) & (rows < start[ctx[k]] + 25)).all()
@@ -122,7 +123,7 @@ def test_pearl_no_action_leak():
         if edit is not None:
             d["action"][edit] += 1.0
         torch.manual_seed(7)  # the same reparameterisation noise
-        parts, z = hyperzero.pearl_losses(model, d, sup, qry)
+        parts, z = meta.pearl_losses(model, d, sup, qry)
         return parts["bc"].item(), z
 
     bc0, z0 = run()
@@ -134,16 +135,16 @@ def test_pearl_no_action_leak():
 
 def test_pearl_posterior_narrows_and_separates_contexts(synth, tmp_path):
     root, arrays = synth
-    # the default kl_weight 1e-3: at the reference's 0.01 this run collapses the posterior onto the prior (measured)
+    # the default kl_weight 1e-3: at the released code's 0.01 this run collapses the posterior onto the prior (measured)
     args = small(root, tmp_path / "p", model="pearl", latent_dim=4, steps=600, kl_weight=1e-3, test_contexts=("2.5",))
-    ckpt = hyperzero.main(args)["ckpt"]
-    model = hyperzero.build_model("pearl", 1, 32, ckpt["policy_sizes"], None, 4)
+    ckpt = meta.main(args)["ckpt"]
+    model = meta.build_model("pearl", 1, 32, ckpt["policy_sizes"], 4)
     model.load_state_dict(ckpt["state_dict"])
     post = {}
     with torch.no_grad():
         for goal in (0.5, 2.0):
             t = {k: torch.from_numpy(v) for k, v in as_transitions(arrays, goal, 64).items()}
-            post[goal] = [model.posterior(hyperzero.transitions(t, slice(0, m))[None]) for m in (0, 1, 2, 4, 8, 16, 32, 64)]
+            post[goal] = [model.posterior(meta.transitions(t, slice(0, m))[None]) for m in (0, 1, 2, 4, 8, 16, 32, 64)]
     for goal, ps in post.items():
         var = torch.stack([v.mean() for _, v in ps])
         assert ps[0][0].abs().max() == 0 and torch.allclose(ps[0][1], torch.ones(1, 4))  # no transitions: the prior
@@ -157,8 +158,8 @@ def test_pearl_posterior_narrows_and_separates_contexts(synth, tmp_path):
     # inferring z from the held-out context's transitions helps: BC error there, posterior mean vs prior (zero-shot)
     held = as_transitions(arrays, 2.5, 200)
     obs, act = torch.from_numpy(held["obs"])[None], torch.from_numpy(held["action"])[None]
-    zero = td3.mlp(hyperzero.generate_policies(ckpt, [{"goal": 2.5}]), obs)
-    adapted = td3.mlp(hyperzero.adapt_policies(ckpt, [{"goal": 2.5}], [as_transitions(arrays, 2.5, 64)], 0), obs)
+    zero = td3.mlp(meta.generate_policies(ckpt, [{"goal": 2.5}]), obs)
+    adapted = td3.mlp(meta.adapt_policies(ckpt, [{"goal": 2.5}], [as_transitions(arrays, 2.5, 64)], 0), obs)
     print(f"held-out BC: prior {((zero - act) ** 2).mean():.4f}, posterior {((adapted - act) ** 2).mean():.4f}")  # 0.33, 0.03
     assert ((adapted - act) ** 2).mean() < 0.3 * ((zero - act) ** 2).mean()
 
@@ -170,26 +171,24 @@ def test_pearl_posterior_narrows_and_separates_contexts(synth, tmp_path):
 def test_policy_form_round_trip_and_seed(synth, tmp_path, name):
     root, arrays = synth
     kw = dict(model=name, steps=5, meta_batch=3, support_size=16, query_size=8, inner_steps=2)
-    res = hyperzero.main(small(root, tmp_path / "a", **kw))
-    again = hyperzero.main(small(root, tmp_path / "b", **kw))
-    other = hyperzero.main(small(root, tmp_path / "c", seed=2, **kw))
+    res = meta.main(small(root, tmp_path / "a", **kw))
+    again = meta.main(small(root, tmp_path / "b", **kw))
+    other = meta.main(small(root, tmp_path / "c", seed=2, **kw))
     sd = [r["ckpt"]["state_dict"] for r in (res, again, other)]
     assert all(torch.equal(sd[0][k], sd[1][k]) for k in sd[0]) and not all(torch.equal(sd[0][k], sd[2][k]) for k in sd[0])
-    ckpt = torch.load(tmp_path / "a" / "hyperzero.pt", weights_only=True)
-    assert ckpt["model"] == name and ckpt["format"] == "cleanhyper-hyperzero-v1" and ckpt["args"]["inner_steps"] == 2
+    ckpt = torch.load(tmp_path / "a" / "meta.pt", weights_only=True)
+    assert ckpt["model"] == name and ckpt["format"] == "cleanhyper-meta-v1" and ckpt["args"]["inner_steps"] == 2
     ctxs = [{"goal": 0.7}, {"goal": 3.0}, {"goal": 1.2}]
     trans = [as_transitions(arrays, g, 30) for g in (0.5, 3.0, 1.0)]
-    for layers in (hyperzero.generate_policies(ckpt, ctxs), hyperzero.adapt_policies(ckpt, ctxs, trans, 2)):
+    for layers in (meta.generate_policies(ckpt, ctxs), meta.adapt_policies(ckpt, ctxs, trans, 2)):
         assert [(tuple(W.shape), tuple(b.shape)) for W, b in layers] == [((3, S, 32), (3, 1, 32)), ((3, 32, A), (3, 1, A))]
         assert td3.mlp(layers, torch.randn(3, 5, S)).shape == (3, 5, A)
-    for (W0, b0), (W1, b1) in zip(
-        hyperzero.adapt_policies(res["ckpt"], ctxs, trans, 2), hyperzero.adapt_policies(ckpt, ctxs, trans, 2)
-    ):
+    for (W0, b0), (W1, b1) in zip(meta.adapt_policies(res["ckpt"], ctxs, trans, 2), meta.adapt_policies(ckpt, ctxs, trans, 2)):
         assert torch.equal(W0, W1) and torch.equal(b0, b1)
-    zero, adapted = hyperzero.generate_policies(ckpt, ctxs), hyperzero.adapt_policies(ckpt, ctxs, trans, 2)
+    zero, adapted = meta.generate_policies(ckpt, ctxs), meta.adapt_policies(ckpt, ctxs, trans, 2)
     assert not torch.allclose(zero[0][1], adapted[0][1])  # adaptation changes the policy
     if name == "maml":  # 0 inner steps: the meta-learned initialisation itself
-        for (W0, b0), (W1, b1) in zip(zero, hyperzero.adapt_policies(ckpt, ctxs, trans, 0)):
+        for (W0, b0), (W1, b1) in zip(zero, meta.adapt_policies(ckpt, ctxs, trans, 0)):
             torch.testing.assert_close(W0, W1)
             torch.testing.assert_close(b0, b1)
     else:  # zero-shot PEARL acts at the prior mean: one policy for every context
@@ -203,7 +202,7 @@ def test_maml_outer_gradient_is_clipped(synth, tmp_path):
     moved = {}
     for clip in (0.0, 1e-12):
         sd = [
-            hyperzero.main(small(root, tmp_path / f"{clip}_{n}", steps=n, max_grad_norm=clip, **kw))["ckpt"]["state_dict"]
+            meta.main(small(root, tmp_path / f"{clip}_{n}", steps=n, max_grad_norm=clip, **kw))["ckpt"]["state_dict"]
             for n in (1, 3)
         ]
         moved[clip] = max((sd[1][k] - sd[0][k]).abs().max().item() for k in sd[0])
@@ -213,16 +212,28 @@ def test_maml_outer_gradient_is_clipped(synth, tmp_path):
 def test_meta_errors(synth, tmp_path):
     root, arrays = synth
     with pytest.raises(UserError, match="--support-size \\+ --query-size needs 400"):
-        hyperzero.main(small(root, tmp_path / "x", model="maml", support_size=200, query_size=200))
+        meta.main(small(root, tmp_path / "x", model="maml", support_size=200, query_size=200))
     with pytest.raises(UserError, match="need --meta-batch"):
-        hyperzero.main(small(root, tmp_path / "x", model="pearl", latent_dim=0))
-    ckpt = hyperzero.main(small(root, tmp_path / "m", model="mlp", steps=1))["ckpt"]
-    with pytest.raises(UserError, match="needs a maml or pearl checkpoint"):
-        hyperzero.adapt_policies(ckpt, [{"goal": 1.0}], [as_transitions(arrays, 1.0, 5)], 1)
-    ckpt = hyperzero.main(small(root, tmp_path / "p", model="pearl", steps=1))["ckpt"]
+        meta.main(small(root, tmp_path / "x", model="pearl", latent_dim=0))
+    hz = dict(rollouts=str(root), embed_dim=32, policy_hidden=(32,), log_interval=10)
+    ckpt = hyperzero.main(hyperzero.Args(**hz, out_dir=str(tmp_path / "m"), model="mlp", steps=1))["ckpt"]
+    with pytest.raises(UserError, match="not a meta.py checkpoint"):
+        meta.adapt_policies(ckpt, [{"goal": 1.0}], [as_transitions(arrays, 1.0, 5)], 1)
+    ckpt = meta.main(small(root, tmp_path / "p", model="pearl", steps=1))["ckpt"]
     bad = {**as_transitions(arrays, 1.0, 5), "action": np.zeros((5, 3), np.float32)}
     with pytest.raises(UserError, match="want obs"):
-        hyperzero.adapt_policies(ckpt, [{"goal": 1.0}], [bad], 1)
+        meta.adapt_policies(ckpt, [{"goal": 1.0}], [bad], 1)
+
+
+def test_old_hyperzero_maml_checkpoint_refused_with_one_line(synth, tmp_path):
+    # before meta.py, hyperzero.py wrote MAML and PEARL as format cleanhyper-hyperzero-v1 in hyperzero.pt
+    root, _ = synth
+    ckpt = meta.main(small(root, tmp_path / "m", steps=1, meta_batch=2, support_size=8, query_size=8, inner_steps=1))["ckpt"]
+    td3.atomic_save({**ckpt, "format": "cleanhyper-hyperzero-v1"}, tmp_path / "old" / "hyperzero.pt")
+    with pytest.raises(UserError, match="old hyperzero.py --model maml checkpoint: retrain it with meta.py --model maml"):
+        evaluate.main(evaluate.Args(policies=(str(tmp_path / "old"),), out_dir=str(tmp_path / "ev")))
+    with pytest.raises(UserError, match="unknown model 'mlp'; valid models: maml, pearl"):
+        meta.main(small(root, tmp_path / "x", model="mlp"))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -231,7 +242,7 @@ def test_meta_errors(synth, tmp_path):
 def test_evaluate_adds_adapted_rows(tiny_experts, tmp_path, capsys):
     collect.main(collect.Args(experts=str(tiny_experts), episodes=1, seed=1, out_dir=str(tmp_path / "r"), snapshots=False))
     for name in ("maml", "pearl"):
-        hyperzero.main(small(tmp_path / "r", tmp_path / name, model=name, test_contexts=("2.0",), steps=3, inner_steps=2))
+        meta.main(small(tmp_path / "r", tmp_path / name, model=name, test_contexts=("2.0",), steps=3, inner_steps=2))
     res = evaluate.main(
         evaluate.Args(
             experts=str(tiny_experts),

@@ -1,4 +1,5 @@
-"""The whole pipeline at toy size: td3 -> collect -> hyperzero / mlp / hyplatent / hypformer -> evaluate."""
+"""The whole pipeline at toy size: td3 -> collect -> hyperzero / mlp / maml / hyplatent / hypformer -> evaluate, which
+reads every source through the same functions (one path in its main)."""
 
 import json
 
@@ -10,6 +11,7 @@ import evaluate
 import hyperzero
 import hypformer
 import hyplatent
+import meta
 import td3
 
 
@@ -39,6 +41,22 @@ def test_tiny_pipeline_end_to_end(tmp_path):
                 rollouts=str(roll), model=model, test_contexts=("1.5",), steps=30, seed=1, out_dir=str(tmp_path / model)
             )
         )
+    meta.main(
+        meta.Args(
+            rollouts=str(roll),
+            model="maml",
+            test_contexts=("1.5",),
+            steps=5,
+            embed_dim=32,
+            policy_hidden=(32,),
+            meta_batch=2,
+            support_size=8,
+            query_size=8,
+            inner_steps=1,
+            seed=1,
+            out_dir=str(tmp_path / "maml"),
+        )
+    )
     hyplatent.main(
         hyplatent.Args(
             data=str(roll), test_contexts=("1.5",), ae_steps=40, gan_steps=40, latent_dim=16, seed=1, out_dir=str(tmp_path / "hl")
@@ -53,7 +71,7 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     res = evaluate.main(
         evaluate.Args(
             experts=str(exp),
-            policies=tuple(str(tmp_path / d) for d in ("hyperzero", "mlp", "hl", "hf")),
+            policies=tuple(str(tmp_path / d) for d in ("hyperzero", "mlp", "maml", "hl", "hf")),
             episodes=1,
             samples=2,
             seed=1,
@@ -61,9 +79,10 @@ def test_tiny_pipeline_end_to_end(tmp_path):
         )
     )
     rows = json.loads((out / "results.json").read_text())
-    assert len(rows) == len(res["rows"]) == 3 * 6  # random, expert, hyperzero, mlp, hyplatent, hypformer x 3 goals
+    # random, expert, hyperzero, mlp, maml, maml-adapted (each goal has an expert to adapt on), hyplatent, hypformer
+    assert len(rows) == len(res["rows"]) == 3 * 8
     methods = {r["method"] for r in rows}
-    assert methods == {"random", "expert", "hyperzero", "mlp", "hyplatent", "hypformer"}
+    assert methods == {"random", "expert", "hyperzero", "mlp", "maml", "maml-adapted", "hyplatent", "hypformer"}
     for r in rows:
         assert {
             "method",
@@ -80,6 +99,9 @@ def test_tiny_pipeline_end_to_end(tmp_path):
         assert np.isfinite(r["return_mean"]) and r["normalized"] is not None
         assert r["n_policies"] == (2 if r["method"] in ("hyplatent", "hypformer") else 1)
     assert {s["method"] for s in res["summary"]} == methods
+    adapted = [r for r in rows if r["method"] == "maml-adapted"]
+    assert all(r["adapt_steps"] == 1 and r["adapt_transitions"] == 200 for r in adapted)
+    assert not any("adapt_steps" in r for r in rows if r["method"] != "maml-adapted")
     for f in ("results.csv", "returns.png", "normalized.png", "summary.json"):
         assert (out / f).is_file()
     # hyperzero's held-out policy is its own generated policy, not a copy of the expert
