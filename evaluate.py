@@ -247,7 +247,8 @@ def write_results(rows: list[dict], task: str, args: Args, out: Path) -> tuple[l
 
 def main(args: Args) -> dict:
     torch.manual_seed(args.seed)
-    torch.set_num_threads(args.torch_threads)
+    if args.torch_threads:  # 0: torch's default
+        torch.set_num_threads(args.torch_threads)
     device = td3.resolve_device(args.device)
     if args.adapt_transitions < 1:
         raise UserError(f"--adapt-transitions must be >= 1, got {args.adapt_transitions}")

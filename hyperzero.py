@@ -394,7 +394,8 @@ def main(args: Args) -> dict:
     if args.model not in MODELS:
         raise UserError(f"unknown model '{args.model}'; valid models: {', '.join(MODELS)} ({' and '.join(META_MODELS)}: meta.py)")
     torch.manual_seed(args.seed)
-    torch.set_num_threads(args.torch_threads)
+    if args.torch_threads:  # 0: torch's default
+        torch.set_num_threads(args.torch_threads)
     device = td3.resolve_device(args.device)
     man, arr = load_rollouts(args.rollouts)
     train, test = split_contexts(man, args.test_contexts, args.test_fraction, args.seed)
