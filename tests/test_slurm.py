@@ -133,7 +133,9 @@ def slurm_cluster():
         pytest.skip("Slurm is not installed (no sbatch on PATH; Debian: apt-get install -y slurm-wlm munge)")
     # not under pytest's tmp_path: munged wants every directory above its socket searchable by all, and those are 0700
     d = Path(tempfile.mkdtemp(prefix="cleanhyper-slurm-"))
-    env = dict(os.environ, SLURMCTLD_PORT=str(free_port()), SLURMD_PORT=str(free_port()))
+    ctld_port = free_port()
+    slurmd_port = next(p for p in iter(free_port, None) if p != ctld_port)
+    env = dict(os.environ, SLURMCTLD_PORT=str(ctld_port), SLURMD_PORT=str(slurmd_port))
     r = subprocess.run(["bash", str(SLURM / "local_cluster.sh"), "start", str(d)], env=env, capture_output=True, text=True)
     if r.returncode != 0:
         subprocess.run(["bash", str(SLURM / "local_cluster.sh"), "stop", str(d)], env=env, capture_output=True)
@@ -170,11 +172,17 @@ def test_echo_array_and_afterok_on_slurm(slurm_cluster, tmp_path):
 
     array = sbatch("--array=0-1", f"--output={tmp_path}/a_%a.out", "--wrap", "echo task $SLURM_ARRAY_TASK_ID; sleep 1")
     after = sbatch(f"--dependency=afterok:{array}", f"--output={tmp_path}/b.out", "--wrap", "echo after")
+    # a failed shard: the dependent job is cancelled (DependencyParameters=kill_invalid_depend), not left pending
+    failing = sbatch("--array=0-1", "--output=/dev/null", "--wrap", "exit $SLURM_ARRAY_TASK_ID")
+    never = sbatch(f"--dependency=afterok:{failing}", f"--output={tmp_path}/never.out", "--wrap", "echo never")
     recs = wait_for(array, env, 60)
     (b,) = wait_for(after, env, 60)
     assert [r["JobState"] for r in recs] == ["COMPLETED"] * 2 and b["JobState"] == "COMPLETED"
     assert b["StartTime"] >= max(r["EndTime"] for r in recs)  # ISO times compare as strings
     assert sorted((tmp_path / f"a_{i}.out").read_text().strip() for i in range(2)) == ["task 0", "task 1"]
+    assert sorted(r["JobState"] for r in wait_for(failing, env, 60)) == ["COMPLETED", "FAILED"]
+    (n,) = wait_for(never, env, 60)
+    assert n["JobState"] == "CANCELLED" and n["Reason"] == "DependencyNeverSatisfied" and not (tmp_path / "never.out").exists()
 
 
 def test_expert_array_and_pipeline_on_slurm(slurm_cluster, tmp_path):
