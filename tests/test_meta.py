@@ -178,12 +178,17 @@ def test_policy_form_round_trip_and_seed(synth, tmp_path, name):
     assert all(torch.equal(sd[0][k], sd[1][k]) for k in sd[0]) and not all(torch.equal(sd[0][k], sd[2][k]) for k in sd[0])
     ckpt = torch.load(tmp_path / "a" / "meta.pt", weights_only=True)
     assert ckpt["model"] == name and ckpt["format"] == "cleanhyper-meta-v1" and ckpt["args"]["inner_steps"] == 2
+    assert ckpt["policy_sizes"] == [S, 32, A] and ckpt["context_names"] == ["goal"] and ckpt["args"]["policy_hidden"] == [32]
+    assert len(ckpt["split"]["test"]) == 1 and len(ckpt["split"]["train"]) == 6  # int(0.15 * 7) -> at least 1
+    assert set(res["history"][-1]) >= {"loss", "bc", "test_bc", "steps_per_s"} and not {"value", "td"} & set(res["history"][-1])
     ctxs = [{"goal": 0.7}, {"goal": 3.0}, {"goal": 1.2}]
     trans = [as_transitions(arrays, g, 30) for g in (0.5, 3.0, 1.0)]
     for layers in (meta.generate_policies(ckpt, ctxs), meta.adapt_policies(ckpt, ctxs, trans, 2)):
         assert [(tuple(W.shape), tuple(b.shape)) for W, b in layers] == [((3, S, 32), (3, 1, 32)), ((3, 32, A), (3, 1, A))]
         assert td3.mlp(layers, torch.randn(3, 5, S)).shape == (3, 5, A)
     for (W0, b0), (W1, b1) in zip(meta.adapt_policies(res["ckpt"], ctxs, trans, 2), meta.adapt_policies(ckpt, ctxs, trans, 2)):
+        assert torch.equal(W0, W1) and torch.equal(b0, b1)
+    for (W0, b0), (W1, b1) in zip(meta.generate_policies(res["ckpt"], ctxs), meta.generate_policies(ckpt, ctxs)):
         assert torch.equal(W0, W1) and torch.equal(b0, b1)
     zero, adapted = meta.generate_policies(ckpt, ctxs), meta.adapt_policies(ckpt, ctxs, trans, 2)
     assert not torch.allclose(zero[0][1], adapted[0][1])  # adaptation changes the policy
