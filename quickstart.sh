@@ -3,7 +3,7 @@
 #   1. TD3 experts for 7 target velocities 0, 0.5, ..., 3, trained together (td3.py)
 #   2. their rollouts and their training snapshots' behaviour data (collect.py)
 #   3. with goals 1 and 2 held out: HyperZero and the context-conditioned MLP (hyperzero.py),
-#      HypLatent and HypFormer (hyplatent.py, hypformer.py); with --meta also MAML and PEARL
+#      HypLatent and HypFormer (hyplatent.py, hypformer.py); with --meta also MAML and PEARL (meta.py)
 #   4. every method rolled out on all 7 goals: the table below, returns.png and normalized.png (evaluate.py)
 # Usage: bash quickstart.sh [--meta] [OUT_DIR]    (default OUT_DIR runs/quickstart; PYTHON=... picks the interpreter)
 set -euo pipefail
@@ -32,8 +32,8 @@ $PY hyperzero.py --rollouts "$OUT/rollouts" --model hyperzero --test-contexts $H
 wait
 POLICIES="$OUT/hyperzero $OUT/mlp $OUT/hyplatent $OUT/hypformer"
 if [ $META = 1 ]; then
-  $PY hyperzero.py --rollouts "$OUT/rollouts" --model maml --test-contexts $HELDOUT --steps 2000 --seed 1 --out-dir "$OUT/maml" &
-  $PY hyperzero.py --rollouts "$OUT/rollouts" --model pearl --test-contexts $HELDOUT --steps 2000 --seed 1 --out-dir "$OUT/pearl"
+  $PY meta.py --rollouts "$OUT/rollouts" --model maml --test-contexts $HELDOUT --steps 2000 --seed 1 --out-dir "$OUT/maml" &
+  $PY meta.py --rollouts "$OUT/rollouts" --model pearl --test-contexts $HELDOUT --steps 2000 --seed 1 --out-dir "$OUT/pearl"
   wait
   POLICIES="$POLICIES $OUT/maml $OUT/pearl"
 fi
