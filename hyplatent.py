@@ -32,18 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from td3 import (
-    TASKS,
-    UserError,
-    atomic_save,
-    cli,
-    context_label,
-    n_params,
-    parse_contexts,
-    resolve_device,
-    safe_load,
-    unflatten_layers,
-)
+from tasks import TASKS, UserError, cli, context_label, parse_contexts
+from td3 import atomic_save, n_params, resolve_device, safe_load, unflatten_layers
 
 FORMAT = "cleanhyper-hyplatent-v1"
 GAIN = 1 / 3  # initial LayerNorm gain: latents start inside the clamp [-1, 1] (gain 1 clips a third, with no gradient)

@@ -1,17 +1,17 @@
-"""td3.py — contextual MuJoCo / MetaWorld tasks and TD3 that trains K experts at once.
+"""td3.py — the policy form, and TD3 that trains K experts (one per context) at once.
 
-One process trains one independent TD3 expert per context: K environments step together and the
-actor, twin critics, targets and Adam state are tensors batched over K (weights [K, in, out]).
-Each context's loss is averaged over its own batch and the K losses are summed, so every context
-gets exactly the gradient (and, Adam being elementwise, the update) of a separate run; K = 1 is
-plain TD3 (Fujimoto et al. 2018, as in CleanRL's td3_continuous_action.py).
+One process trains one independent TD3 expert per context: K environments step together and the actor, the twin
+critics Q1 and Q2, their targets and Adam states are tensors batched over K (weights [K, in, out]). Each context's
+loss is averaged over its own batch and the K losses are summed, so every context gets exactly the gradient (and,
+Adam being elementwise, the update) of a separate run; K = 1 is plain TD3 (Fujimoto et al. 2018, as in CleanRL's
+td3_continuous_action.py). Where we differ from HyperZero's released experts: docs/reference_code.md#td3-experts.
 
     python td3.py --task cheetah-vel --contexts 0.5 1.5 2.5 --total-timesteps 50000 \
         --learning-starts 5000 --seed 1 --out-dir runs/vel/experts
 
-Later stages import from here: `make_env`, `parse_contexts`, the policy form (`mlp`, `flatten_layers`,
-`unflatten_layers`), the one episode loop (`rollout`, `evaluate_policy`), the file helpers (`atomic_save`, `safe_load`,
-`load_experts`) and `cli`, every stage's entry point.
+Later stages import from here: the policy form (`layer_sizes`, `init_layers`, `mlp`, `flatten_layers`,
+`unflatten_layers`), the one episode loop (`rollout`, `evaluate_policy`) and the file helpers (`atomic_save`,
+`safe_load`, `load_experts`, `expert_layers`). The tasks, `UserError` and `cli` live in tasks.py.
 """
 
 from __future__ import annotations
@@ -21,17 +21,15 @@ import io
 import json
 import math
 import os
-import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import gymnasium as gym
-import mujoco
 import numpy as np
 import torch
-import tyro
+
+from tasks import UserError, cli, context_label, context_vector, make_env, parse_contexts
 
 
 @dataclass
@@ -53,7 +51,7 @@ class Args:
     batch_size: int = 256
     """minibatch size per context"""
     learning_rate: float = 3e-4
-    """Adam learning rate of actor and critics (CleanRL 3e-4; HyperZero's reference 1e-4)"""
+    """Adam learning rate of actor and critics (CleanRL 3e-4; HyperZero's released code 1e-4)"""
     buffer_size: int = 1_000_000
     """replay capacity per context"""
     gamma: float = 0.99
@@ -89,211 +87,12 @@ class Args:
     """continue from out_dir/checkpoint.pt (the other flags must match the checkpointed run)"""
     device: str = "auto"
     """'auto' (cuda when present), 'cpu' or 'cuda'"""
-    torch_threads: int = 1
-    """CPU threads for torch (1 is fastest for these small nets on 2 cores)"""
+    torch_threads: int = 0
+    """CPU threads for torch; 0: torch's default, one per core, the fastest for one run alone (2-core CPU, 8000 steps
+    at K=1 hidden 256: 65 s on 1 thread, 48 s on 2; 4000 steps at K=8 hidden 64: 36 s and 26 s). Give 1 to each of
+    several runs sharing the cores"""
     log_interval: int = 2_000
     """print progress every this many steps"""
-
-
-class UserError(Exception):
-    """Bad input: printed as one line by the __main__ guard, exit code 2."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Contextual tasks
-# ---------------------------------------------------------------------------------------------
-# name -> (default, lowest valid, highest valid); the first variable is the one a plain number sets.
-TASKS: dict[str, dict] = {
-    "cheetah-vel": {"gym_id": "HalfCheetah-v5", "steps": 200, "vars": {"goal": (1.5, 0.0, 3.0)}},
-    "cheetah-run": {
-        "gym_id": "HalfCheetah-v5",
-        "steps": 1000,
-        "vars": {"speed": (2.0, 0.1, 12.0), "length": (0.5, 0.2, 1.0)},
-    },
-    "walker-walk": {
-        "gym_id": "Walker2d-v5",
-        "steps": 1000,
-        "vars": {"speed": (1.0, 0.1, 8.0), "length": (0.2, 0.1, 0.4)},
-    },
-    "metaworld": {"steps": 500, "vars": {}},
-}
-
-
-def metaworld_names() -> list[str]:
-    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
-
-    return sorted(ALL_V3_ENVIRONMENTS)
-
-
-def parse_contexts(task: str, specs, seed: int = 0) -> list[dict]:
-    """CLI strings -> context dicts with every variable of the task, validated.
-
-    MetaWorld contexts are {"env_name": name, "goal_seed": seed}: the goal is fixed by the seed."""
-    if task not in TASKS:
-        raise UserError(f"unknown task '{task}'; valid tasks: {', '.join(TASKS)}")
-    out = []
-    for spec in specs:
-        spec = str(spec).strip()
-        if task == "metaworld":
-            if spec not in metaworld_names():
-                raise UserError(f"unknown MetaWorld task '{spec}'; valid: {' '.join(metaworld_names())}")
-            out.append({"env_name": spec, "goal_seed": int(seed)})
-            continue
-        vars_ = TASKS[task]["vars"]
-        ctx = {k: v[0] for k, v in vars_.items()}
-        items = spec.split(",") if "=" in spec else [f"{next(iter(vars_))}={spec}"]
-        for item in items:
-            name, _, value = item.partition("=")
-            name = name.strip()
-            if name not in vars_:
-                raise UserError(f"task '{task}' has no context '{name}'; its contexts: {', '.join(vars_)}")
-            try:
-                x = float(value)
-            except ValueError:
-                raise UserError(f"context {name}='{value}' is not a number") from None
-            lo, hi = vars_[name][1:]
-            if not (lo <= x <= hi) or not math.isfinite(x):
-                raise UserError(f"context {name}={x} of '{task}' is out of range; valid: [{lo}, {hi}]")
-            ctx[name] = x
-        out.append(ctx)
-    return out
-
-
-def context_label(ctx: dict) -> str:
-    """File-name-safe label: 'goal_1.5', 'speed_2_length_0.4', 'reach-v3'."""
-    if "env_name" in ctx:
-        return ctx["env_name"]
-    return "_".join(f"{k}_{v:g}" for k, v in ctx.items())
-
-
-def context_vector(ctx: dict) -> list[float]:
-    """The numeric context an approximator sees (MetaWorld: none, the task name is the condition)."""
-    return [float(v) for k, v in ctx.items() if k not in ("env_name", "goal_seed")]
-
-
-def tolerance(x, bounds=(0.0, 0.0), margin=0.0, sigmoid="gaussian", value_at_margin=0.1):
-    """numpy re-implementation of dm_control.utils.rewards.tolerance (1 inside bounds, decays outside)."""
-    lower, upper = bounds
-    x = np.asarray(x, dtype=np.float64)
-    in_bounds = (lower <= x) & (x <= upper)
-    if margin == 0:
-        value = np.where(in_bounds, 1.0, 0.0)
-    else:
-        d = np.where(x < lower, lower - x, x - upper) / margin
-        value = np.where(in_bounds, 1.0, _sigmoid(d, value_at_margin, sigmoid))
-    return float(value) if value.ndim == 0 else value
-
-
-def _sigmoid(x, v, kind):
-    """Equals 1 at x = 0 and v at x = 1 (dm_control's _sigmoids)."""
-    if kind == "gaussian":
-        return np.exp(-0.5 * (x * np.sqrt(-2 * np.log(v))) ** 2)
-    if kind == "hyperbolic":
-        return 1 / np.cosh(x * np.arccosh(1 / v))
-    if kind == "long_tail":
-        return 1 / ((x * np.sqrt(1 / v - 1)) ** 2 + 1)
-    if kind == "reciprocal":
-        return 1 / (np.abs(x) * (1 / v - 1) + 1)
-    if kind == "cosine":
-        s = x * np.arccos(2 * v - 1) / np.pi
-        return np.where(np.abs(s) < 1, (1 + np.cos(np.pi * s)) / 2, 0.0)
-    if kind == "linear":
-        s = x * (1 - v)
-        return np.where(np.abs(s) < 1, 1 - s, 0.0)
-    if kind == "quadratic":
-        s = x * np.sqrt(1 - v)
-        return np.where(np.abs(s) < 1, 1 - s**2, 0.0)
-    if kind == "tanh_squared":
-        return 1 - np.tanh(x * np.arctanh(np.sqrt(1 - v))) ** 2
-    raise ValueError(f"unknown sigmoid '{kind}'")
-
-
-def edited_model(task: str, length: float) -> mujoco.MjModel:
-    """Compiled model with the dynamics context applied through MjSpec (as the contextual control suite
-    does with lxml). Cheetah: torso half-length L, head at L+0.1, thighs at +-L; the XML's settotalmass=14
-    holds, so total mass is 14 kg for every L, redistributed towards the torso. Walker: torso capsule
-    half-length L, hips not moved (as the reference); no settotalmass, so the torso gets heavier.
-    The spec is compiled directly: MjSpec.to_xml() in MuJoCo 3.3.0 drops settotalmass."""
-    assets = Path(gym.__file__).parent / "envs/mujoco/assets"
-    if task == "walker-walk":
-        spec = mujoco.MjSpec.from_file(str(assets / "walker2d_v5.xml"))
-        spec.geom("torso_geom").size[1] = length
-    else:
-        spec = mujoco.MjSpec.from_file(str(assets / "half_cheetah.xml"))
-        spec.geom("torso").fromto = [-length, 0, 0, length, 0, 0]
-        spec.geom("head").pos = [length + 0.1, 0, 0.1]
-        spec.body("bthigh").pos = [-length, 0, 0]
-        spec.body("fthigh").pos = [length, 0, 0]
-    return spec.compile()
-
-
-def _with_model(env_cls, model: mujoco.MjModel):
-    """The Gymnasium env class, built on a given compiled model instead of its XML file."""
-
-    class Edited(env_cls):
-        def _initialize_simulation(self):
-            model.vis.global_.offwidth = max(model.vis.global_.offwidth, self.width)
-            model.vis.global_.offheight = max(model.vis.global_.offheight, self.height)
-            return model, mujoco.MjData(model)
-
-    return Edited
-
-
-class ContextReward(gym.Wrapper):
-    """Replaces the environment's reward with the context's (HyperZero's contextual suite, Cheetah-Vel)."""
-
-    def __init__(self, env, task: str, ctx: dict):
-        super().__init__(env)
-        self.task, self.ctx = task, ctx
-
-    def step(self, action):
-        obs, _, terminated, truncated, info = self.env.step(action)
-        v = info["x_velocity"]
-        if self.task == "cheetah-vel":  # MACAW / Prompt-DT: -|v - goal| - 0.05 |a|^2
-            reward = -abs(v - self.ctx["goal"]) - 0.05 * float(np.sum(np.square(action)))
-        elif self.task == "cheetah-run":  # dm_control run with bounds [speed, inf), margin = speed
-            s = self.ctx["speed"]
-            reward = tolerance(v, (s, np.inf), margin=s, sigmoid="linear", value_at_margin=0.1)
-        else:  # walker-walk: stand * (5 move + 1) / 6
-            qpos = self.env.unwrapped.data.qpos
-            standing = tolerance(qpos[1], (1.2, np.inf), margin=0.6)  # torso height, gaussian
-            upright = (1 + np.cos(qpos[2])) / 2  # torso zz: cosine of the pitch
-            stand = (3 * standing + upright) / 4
-            s = self.ctx["speed"]
-            move = tolerance(v, (s, np.inf), margin=s, sigmoid="linear", value_at_margin=0.1)
-            reward = stand * (5 * move + 1) / 6
-        return obs, float(reward), terminated, truncated, info
-
-
-def make_env(task: str, ctx: dict, seed: int = 0, render_mode: str | None = None) -> gym.Env:
-    """One environment of `task` in context `ctx` (a dict from parse_contexts). Call reset(seed=...)."""
-    if task not in TASKS:
-        raise UserError(f"unknown task '{task}'; valid tasks: {', '.join(TASKS)}")
-    if task == "metaworld":
-        import metaworld  # noqa: F401  (registers the Meta-World/ environments)
-
-        # MetaWorld ignores reset(seed=): the goal is fixed by the construction seed; it truncates at 500.
-        env = gym.make(
-            "Meta-World/goal_observable",
-            env_name=ctx["env_name"],
-            seed=int(ctx["goal_seed"]),
-            disable_env_checker=True,
-        )
-        env.unwrapped.render_mode = render_mode  # its factory takes no render_mode; the renderer reads this
-        env.action_space.seed(seed)
-        return env
-    kw = {"render_mode": render_mode}
-    if task == "walker-walk":
-        kw["terminate_when_unhealthy"] = False  # dm_control's walker never terminates early
-    if "length" in ctx:
-        env_cls = gym.spec(TASKS[task]["gym_id"]).entry_point
-        env_cls = getattr(__import__(env_cls.split(":")[0], fromlist=["_"]), env_cls.split(":")[1])
-        env = gym.wrappers.TimeLimit(_with_model(env_cls, edited_model(task, ctx["length"]))(**kw), TASKS[task]["steps"])
-    else:
-        env = gym.make(TASKS[task]["gym_id"], max_episode_steps=TASKS[task]["steps"], disable_env_checker=True, **kw)
-    env = ContextReward(env, task, ctx)
-    env.action_space.seed(seed)
-    return env
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,7 +131,7 @@ def flatten_layers(layers) -> torch.Tensor:
 def unflatten_layers(flat: torch.Tensor, sizes: list[int]):
     """[K, P] -> layers; the inverse of flatten_layers for the given sizes."""
     k, p = flat.shape
-    need = sum(i * o + o for i, o in zip(sizes[:-1], sizes[1:]))
+    need = n_params(sizes)
     if p != need:
         raise UserError(f"parameter vector has {p} entries; sizes {sizes} need {need}")
     layers, at = [], 0
@@ -349,6 +148,137 @@ def n_params(sizes: list[int]) -> int:
     return sum(i * o + o for i, o in zip(sizes[:-1], sizes[1:]))
 
 
+def tensors(layers) -> list[torch.Tensor]:
+    """[(W0, b0), (W1, b1), ...] -> [W0, b0, W1, b1, ...], as optimisers and foreach ops take them."""
+    return [t for layer in layers for t in layer]
+
+
+# ---------------------------------------------------------------------------------------------
+# TD3 over K contexts
+# ---------------------------------------------------------------------------------------------
+class TD3:
+    """K independent TD3 learners as one: actor, twin critics Q1 and Q2 (on cat[s, a]), their targets and the Adam
+    states, each network a list of layers (W [K, in, out], b [K, 1, out])."""
+
+    def __init__(self, k, obs_dim, act_dim, hidden, lr, device, shared: bool = False):
+        self.k = k
+        n = 1 if shared else k  # shared: one draw, repeated over the contexts (Q1 and Q2 still differ)
+        actor = init_layers(n, layer_sizes(obs_dim, hidden, act_dim), device)
+        twins = init_layers(2 * n, layer_sizes(obs_dim + act_dim, hidden, 1), device)  # one draw: Q1 of every context, then Q2
+        q1, q2 = [(W[:n], b[:n]) for W, b in twins], [(W[n:], b[n:]) for W, b in twins]
+        if shared:
+            actor, q1, q2 = ([(W.repeat(k, 1, 1), b.repeat(k, 1, 1)) for W, b in net] for net in (actor, q1, q2))
+        self.actor, self.q1, self.q2 = (
+            [(W.clone().requires_grad_(), b.clone().requires_grad_()) for W, b in net] for net in (actor, q1, q2)
+        )
+        self.actor_t, self.q1_t, self.q2_t = (
+            [(W.detach().clone(), b.detach().clone()) for W, b in net] for net in (actor, q1, q2)
+        )
+        self.actor_opt = torch.optim.Adam(tensors(self.actor), lr=lr)
+        self.critic_opt = torch.optim.Adam(tensors(self.q1) + tensors(self.q2), lr=lr)
+
+    def twin_q(self, q1, q2, obs, act) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Q1(s, a), Q2(s, a)), each [K, B], for obs [K, B, S] and act [K, B, A]. Both twins go through one batched
+        matmul per layer (2K weights): half the kernel launches of two calls, and at K = 1 a lone [1, 256, 1] last
+        layer would take another matmul path whose last bits differ from the batched one."""
+        x = torch.cat([obs, act], -1).repeat(2, 1, 1)  # [2K, B, S + A]
+        both = [(torch.cat([W1, W2]), torch.cat([b1, b2])) for (W1, b1), (W2, b2) in zip(q1, q2)]
+        q = mlp(both, x, None).squeeze(-1)  # [2K, B]: Q1 of every context, then Q2
+        return q[: self.k], q[self.k :]
+
+    def update(self, batch, update_actor: bool, *, gamma, tau, policy_noise, noise_clip, noise=None) -> dict:
+        """One TD3 step for all K contexts. batch: obs [K,B,S], act [K,B,A], rew [K,B], next_obs, done [K,B]."""
+        obs, act, rew, next_obs, done = batch
+        with torch.no_grad():  # target with policy smoothing; clipped double-Q
+            if noise is None:  # target policy smoothing noise [K, B, A] (tests pass their own)
+                noise = torch.randn_like(act) * policy_noise
+            noise = noise.clamp(-noise_clip, noise_clip)
+            next_act = (mlp(self.actor_t, next_obs) + noise).clamp(-1, 1)
+            q1_next, q2_next = self.twin_q(self.q1_t, self.q2_t, next_obs, next_act)
+            y = rew + gamma * (1 - done) * torch.minimum(q1_next, q2_next)  # done = terminated only: truncation bootstraps
+        q1, q2 = self.twin_q(self.q1, self.q2, obs, act)
+        # per (twin, context) mean over the batch, summed: each context's gradient is its own run's
+        critic_loss = torch.cat([((q1 - y) ** 2).mean(1), ((q2 - y) ** 2).mean(1)]).sum()
+        self.critic_opt.zero_grad()
+        critic_loss.backward()
+        self.critic_opt.step()
+        out = {"qf_loss": critic_loss.item() / self.k}
+        if update_actor:
+            q1_pi, _ = self.twin_q(self.q1, self.q2, obs, mlp(self.actor, obs))
+            actor_loss = -q1_pi.mean(1).sum()
+            self.actor_opt.zero_grad()
+            actor_loss.backward()
+            self.actor_opt.step()
+            with torch.no_grad():
+                online = [t.detach() for t in tensors(self.actor) + tensors(self.q1) + tensors(self.q2)]
+                torch._foreach_lerp_(tensors(self.actor_t) + tensors(self.q1_t) + tensors(self.q2_t), online, tau)
+            out["actor_loss"] = actor_loss.item() / self.k
+        return out
+
+    def actor_of(self, i: int):
+        """Context i's actor as layers with K = 1 (detached: for rollouts)."""
+        return [(W[i : i + 1].detach(), b[i : i + 1].detach()) for W, b in self.actor]
+
+    def expert_weights(self, i: int) -> dict:
+        """Context i's actor and twin critics as CPU copies [W0, b0, W1, b1, ...]: the expert file's tensors."""
+        copy = lambda net: [t[i].detach().cpu().clone() for t in tensors(net)]  # noqa: E731
+        return {"actor": copy(self.actor), "critic1": copy(self.q1), "critic2": copy(self.q2)}
+
+    def networks(self) -> dict:
+        return {"actor": self.actor, "q1": self.q1, "q2": self.q2, "actor_t": self.actor_t, "q1_t": self.q1_t, "q2_t": self.q2_t}
+
+    def state(self) -> dict:
+        nets = {name: [[W.detach().cpu(), b.detach().cpu()] for W, b in net] for name, net in self.networks().items()}
+        return nets | {"actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict()}
+
+    def load(self, s: dict) -> None:
+        with torch.no_grad():
+            for name, net in self.networks().items():
+                for (W, b), (W_saved, b_saved) in zip(net, s[name]):
+                    W.copy_(W_saved)
+                    b.copy_(b_saved)
+        self.actor_opt.load_state_dict(s["actor_opt"])
+        self.critic_opt.load_state_dict(s["critic_opt"])
+
+
+class Replay:
+    """Per-context ring buffers [K, capacity, dim] on the device; each context samples its own indices."""
+
+    def __init__(self, k, capacity, obs_dim, act_dim, device):
+        self.k, self.capacity, self.size, self.pos = k, capacity, 0, 0
+        z = lambda *d: torch.zeros(k, capacity, *d, device=device)  # noqa: E731
+        self.obs, self.act, self.rew, self.next_obs, self.done = z(obs_dim), z(act_dim), z(), z(obs_dim), z()
+
+    def add(self, obs, act, rew, next_obs, done):  # each [K, ...]
+        for buf, x in zip((self.obs, self.act, self.rew, self.next_obs, self.done), (obs, act, rew, next_obs, done)):
+            buf[:, self.pos] = torch.as_tensor(x, dtype=torch.float32, device=buf.device)
+        self.pos = (self.pos + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
+    def sample(self, batch_size):
+        idx = torch.randint(0, self.size, (self.k, batch_size), device=self.obs.device)
+        take = lambda buf: buf[torch.arange(self.k, device=idx.device)[:, None], idx]  # noqa: E731
+        return tuple(take(b) for b in (self.obs, self.act, self.rew, self.next_obs, self.done))
+
+    def state(self) -> dict:
+        n = self.size  # save only the filled part
+        return {
+            "size": n,
+            "pos": self.pos,
+            **{f: getattr(self, f)[:, :n].cpu() for f in ("obs", "act", "rew", "next_obs", "done")},
+        }
+
+    def load(self, s: dict) -> None:
+        # a run resumed with a larger --total-timesteps has a larger buffer: keep writing after the saved data
+        self.size = s["size"]
+        self.pos = s["pos"] if self.size == self.capacity else self.size
+        for f in ("obs", "act", "rew", "next_obs", "done"):
+            getattr(self, f)[:, : self.size] = s[f].to(self.obs.device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Episodes: the one loop every stage rolls a policy out with
+# ---------------------------------------------------------------------------------------------
 @torch.no_grad()
 def rollout(env, layers, reset_seed: int, device=None, render: bool = False) -> dict:
     """One deterministic episode of a policy (layers with K = 1; None: uniform-random actions seeded by reset_seed).
@@ -431,6 +361,15 @@ def safe_load(path) -> dict:
         raise UserError(f"cannot load {path}: not a valid weights_only checkpoint ({type(e).__name__})") from None
 
 
+def write_csv(path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    atomic_save(buf.getvalue(), path)
+
+
 def load_experts(path) -> list[dict]:
     """Every expert .pt in a directory written by td3.py (or one file), sorted by label."""
     path = Path(path)
@@ -457,120 +396,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 # ---------------------------------------------------------------------------------------------
-# TD3 over K contexts
+# The run: its state (what a checkpoint holds), evaluation, the expert files
 # ---------------------------------------------------------------------------------------------
-class TD3:
-    """Actor, twin critics (stacked as 2K: Q1 of every context, then Q2), targets and Adam states."""
-
-    def __init__(self, k, obs_dim, act_dim, hidden, lr, device, shared: bool = False):
-        self.k = k
-        n = 1 if shared else k  # shared: one draw, repeated over the contexts (and over the twins: Q1 != Q2 still)
-        actor = init_layers(n, layer_sizes(obs_dim, hidden, act_dim), device)
-        critic = init_layers(2 * n, layer_sizes(obs_dim + act_dim, hidden, 1), device)
-        if shared:
-            actor = [(W.repeat(k, 1, 1), b.repeat(k, 1, 1)) for W, b in actor]
-            critic = [(W.repeat_interleave(k, 0), b.repeat_interleave(k, 0)) for W, b in critic]  # [Q1 x K, Q2 x K]
-        self.actor = [t.requires_grad_() for W_b in actor for t in W_b]
-        self.critic = [t.requires_grad_() for W_b in critic for t in W_b]
-        self.actor_t = [t.detach().clone() for t in self.actor]
-        self.critic_t = [t.detach().clone() for t in self.critic]
-        self.actor_opt = torch.optim.Adam(self.actor, lr=lr)
-        self.critic_opt = torch.optim.Adam(self.critic, lr=lr)
-
-    @staticmethod
-    def pairs(flat):
-        return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
-
-    def q(self, critic, obs, act):  # obs [K, B, S], act [K, B, A] -> [2K, B]
-        x = torch.cat([obs, act], -1).repeat(2, 1, 1)
-        return mlp(self.pairs(critic), x, None).squeeze(-1)
-
-    def update(self, batch, args, update_actor: bool, noise: torch.Tensor | None = None) -> dict:
-        """One TD3 step for all K contexts. batch: obs [K,B,S], act [K,B,A], rew [K,B], next_obs, done [K,B]."""
-        obs, act, rew, next_obs, done = batch
-        with torch.no_grad():  # target with policy smoothing; clipped double-Q
-            if noise is None:  # target policy smoothing noise [K, B, A] (tests pass their own)
-                noise = torch.randn_like(act) * args.policy_noise
-            noise = noise.clamp(-args.noise_clip, args.noise_clip)
-            next_act = (mlp(self.pairs(self.actor_t), next_obs) + noise).clamp(-1, 1)
-            q_next = self.q(self.critic_t, next_obs, next_act)
-            q_next = torch.minimum(q_next[: self.k], q_next[self.k :])
-            y = rew + args.gamma * (1 - done) * q_next  # done = terminated only: truncation bootstraps
-        q = self.q(self.critic, obs, act)
-        # per (twin, context) mean over the batch, summed: each context's gradient is its own run's
-        critic_loss = ((q - y.repeat(2, 1)) ** 2).mean(1).sum()
-        self.critic_opt.zero_grad()
-        critic_loss.backward()
-        self.critic_opt.step()
-        out = {"qf_loss": critic_loss.item() / self.k}
-        if update_actor:
-            q1 = self.q(self.critic, obs, mlp(self.pairs(self.actor), obs))[: self.k]
-            actor_loss = -q1.mean(1).sum()
-            self.actor_opt.zero_grad()
-            actor_loss.backward()
-            self.actor_opt.step()
-            with torch.no_grad():
-                for src, dst in ((self.actor, self.actor_t), (self.critic, self.critic_t)):
-                    torch._foreach_lerp_(dst, [p.detach() for p in src], args.tau)
-            out["actor_loss"] = actor_loss.item() / self.k
-        return out
-
-    def state(self) -> dict:
-        return {
-            "actor": [t.detach().cpu() for t in self.actor],
-            "critic": [t.detach().cpu() for t in self.critic],
-            "actor_t": [t.cpu() for t in self.actor_t],
-            "critic_t": [t.cpu() for t in self.critic_t],
-            "actor_opt": self.actor_opt.state_dict(),
-            "critic_opt": self.critic_opt.state_dict(),
-        }
-
-    def load(self, s: dict) -> None:
-        with torch.no_grad():
-            for dst, src in ((self.actor, s["actor"]), (self.critic, s["critic"])):
-                for d, t in zip(dst, src):
-                    d.copy_(t)
-            for dst, src in ((self.actor_t, s["actor_t"]), (self.critic_t, s["critic_t"])):
-                for d, t in zip(dst, src):
-                    d.copy_(t)
-        self.actor_opt.load_state_dict(s["actor_opt"])
-        self.critic_opt.load_state_dict(s["critic_opt"])
-
-
-class Replay:
-    """Per-context ring buffers [K, capacity, dim] on the device; each context samples its own indices."""
-
-    def __init__(self, k, capacity, obs_dim, act_dim, device):
-        self.k, self.capacity, self.size, self.pos = k, capacity, 0, 0
-        z = lambda *d: torch.zeros(k, capacity, *d, device=device)  # noqa: E731
-        self.obs, self.act, self.rew, self.next_obs, self.done = z(obs_dim), z(act_dim), z(), z(obs_dim), z()
-
-    def add(self, obs, act, rew, next_obs, done):  # each [K, ...]
-        for buf, x in zip((self.obs, self.act, self.rew, self.next_obs, self.done), (obs, act, rew, next_obs, done)):
-            buf[:, self.pos] = torch.as_tensor(x, dtype=torch.float32, device=buf.device)
-        self.pos = (self.pos + 1) % self.capacity
-        self.size = min(self.size + 1, self.capacity)
-
-    def sample(self, batch_size):
-        idx = torch.randint(0, self.size, (self.k, batch_size), device=self.obs.device)
-        take = lambda buf: buf[torch.arange(self.k, device=idx.device)[:, None], idx]  # noqa: E731
-        return tuple(take(b) for b in (self.obs, self.act, self.rew, self.next_obs, self.done))
-
-    def state(self) -> dict:
-        n = self.size  # save only the filled part
-        return {
-            "size": n,
-            "pos": self.pos,
-            **{f: getattr(self, f)[:, :n].cpu() for f in ("obs", "act", "rew", "next_obs", "done")},
-        }
-
-    def load(self, s: dict) -> None:
-        # a run resumed with a larger --total-timesteps has a larger buffer: keep writing after the saved data
-        self.size = s["size"]
-        self.pos = s["pos"] if self.size == self.capacity else self.size
-        for f in ("obs", "act", "rew", "next_obs", "done"):
-            getattr(self, f)[:, : self.size] = s[f].to(self.obs.device)
-
+CHECKPOINT_FORMAT = "cleanhyper-td3-checkpoint-v2"
 
 # Flags that may differ between a run and its resumption (everything else must match).
 RESUMABLE = {
@@ -585,95 +413,136 @@ RESUMABLE = {
 }
 
 
-def write_csv(path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    if rows:
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    atomic_save(buf.getvalue(), path)
+@dataclass
+class RunState:
+    """Everything a run carries from step to step besides its environments (checkpoints are written at episode ends,
+    when every environment has just been reset) and torch's RNG (saved with it)."""
+
+    agent: TD3
+    replay: Replay
+    step: int = 0  # environment steps per context
+    episode: int = 0  # finished episodes per context: episode n resets with a seed derived from n
+    last_ckpt: int = 0  # step of the last checkpoint
+    rows: list = field(default_factory=list)  # metrics.csv, one row per context per episode
+    last_eval: dict = field(default_factory=dict)  # label -> the latest evaluation and its step
+    snapshots: list = field(default_factory=list)  # per context: flat actors [P] taken along training
+    snapshot_steps: list = field(default_factory=list)
+    best: list = field(default_factory=list)  # --keep-best, per context: {"score", "step", "eval", "actor", "critic1", "critic2"}
+
+    def __post_init__(self):
+        self.snapshots = self.snapshots or [[] for _ in range(self.agent.k)]
+        self.best = self.best or [None] * self.agent.k
+
+    def take_snapshot(self) -> None:
+        with torch.no_grad():
+            flat = flatten_layers(self.agent.actor).cpu()  # [K, P]
+        for i, snaps in enumerate(self.snapshots):
+            snaps.append(flat[i].clone())
+        self.snapshot_steps.append(self.step)
+
+    def save(self, path, args: dict) -> None:
+        ck = {"format": CHECKPOINT_FORMAT, "args": args, "agent": self.agent.state(), "replay": self.replay.state()}
+        ck |= {f: getattr(self, f) for f in ("step", "episode", "last_ckpt", "rows", "last_eval", "snapshot_steps", "best")}
+        ck["snapshots"] = [torch.stack(s) if s else torch.zeros(0) for s in self.snapshots]
+        atomic_save(ck | {"rng": torch.get_rng_state()}, path)
+
+    def load(self, path, args: dict) -> None:
+        """Continue from a checkpoint of the same run: every flag outside RESUMABLE must match."""
+        ck = safe_load(path)
+        if ck.get("format") != CHECKPOINT_FORMAT:
+            raise UserError(
+                f"cannot resume {path}: written by an older td3.py whose checkpoints this one cannot read; rerun without --resume"
+            )
+        diff = {f for f, v in ck["args"].items() if f not in RESUMABLE and json.dumps(v) != json.dumps(args.get(f))}
+        if diff:
+            raise UserError(f"cannot resume {path}: flags differ from the checkpointed run: {', '.join(sorted(diff))}")
+        self.agent.load(ck["agent"])
+        self.replay.load(ck["replay"])
+        for f in ("step", "episode", "last_ckpt", "rows", "last_eval", "snapshot_steps", "best"):
+            setattr(self, f, ck[f])
+        self.snapshots = [list(s) for s in ck["snapshots"]]
+        torch.set_rng_state(ck["rng"])
+
+
+def evaluate(run: RunState, args: Args, contexts: list[dict], labels: list[str]) -> None:
+    """Deterministic evaluation of every context's actor (episode e resets with seed + 100000 + e), recorded in
+    run.last_eval and, with --keep-best, run.best."""
+    for i, (ctx, lab) in enumerate(zip(contexts, labels)):
+        r = evaluate_policy(args.task, ctx, run.agent.actor_of(i), args.eval_episodes, args.seed + 100_000)
+        run.last_eval[lab] = {"step": run.step, **r}
+        score = [r["success_rate"] or 0.0, r["return_mean"]]
+        if args.keep_best and (run.best[i] is None or score > run.best[i]["score"]):  # ties keep the earlier actor
+            run.best[i] = {"score": score, "step": run.step, "eval": r, **run.agent.expert_weights(i)}
+
+
+def expert_file(args: Args, ctx: dict, label: str, kept: dict, final_step: int, obs_dim: int, act_dim: int) -> dict:
+    """The expert file (format cleanhyper-expert-v1): a plain dict that loads with weights_only."""
+    return {
+        "format": "cleanhyper-expert-v1",
+        "task": args.task,
+        "context": ctx,
+        "context_names": [n for n in ctx if n not in ("env_name", "goal_seed")],
+        "context_vector": context_vector(ctx),
+        "label": label,
+        "obs_dim": obs_dim,
+        "act_dim": act_dim,
+        "hidden": list(args.hidden),
+        "actor": kept["actor"],  # W0 [S,H], b0 [1,H], W1, b1, W2 [H,A], b2 [1,A]
+        "critic1": kept["critic1"],  # Q1 of this context (input cat[s, a])
+        "critic2": kept["critic2"],
+        "step": kept["step"],
+        "final_step": final_step,
+        "eval_return": kept["eval"]["return_mean"],
+        "eval_return_std": kept["eval"]["return_std"],
+        "eval_success": kept["eval"]["success_rate"],
+        "eval_seed": args.seed + 100_000,
+        "eval_episodes": args.eval_episodes,
+        "gamma": args.gamma,
+        "args": asdict(args),
+    }
 
 
 def main(args: Args) -> dict:
     contexts = parse_contexts(args.task, args.contexts, args.seed)
+    labels = [context_label(c) for c in contexts]
     if not contexts:
         raise UserError("no contexts given (--contexts)")
-    labels = [context_label(c) for c in contexts]
     if len(set(labels)) != len(labels):
         raise UserError(f"duplicate contexts: {labels}")
     if args.learning_starts < args.batch_size or args.total_timesteps <= 0:
         raise UserError("need --total-timesteps > 0 and --learning-starts >= --batch-size")
     torch.manual_seed(args.seed)
-    torch.set_num_threads(args.torch_threads)
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     device = resolve_device(args.device)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     k = len(contexts)
+    hyper = {"gamma": args.gamma, "tau": args.tau, "policy_noise": args.policy_noise, "noise_clip": args.noise_clip}
 
     # TRY NOT TO MODIFY: one env per context; episode n of context i resets with a seed derived from both,
     # so a resumed run replays the same initial states without saving the environments' RNG.
     envs = [make_env(args.task, c, args.seed + 1000 * i) for i, c in enumerate(contexts)]
-    obs_dim = envs[0].observation_space.shape[0]
-    act_dim = envs[0].action_space.shape[0]
+
+    def reset_all(n):  # the first observations [K, S] of episode n
+        return np.stack([env.reset(seed=args.seed + 1000 * i + 7919 * n)[0] for i, env in enumerate(envs)])
+
+    obs_dim, act_dim = envs[0].observation_space.shape[0], envs[0].action_space.shape[0]
     agent = TD3(k, obs_dim, act_dim, args.hidden, args.learning_rate, device, args.shared_init)
-    rb = Replay(k, min(args.buffer_size, args.total_timesteps), obs_dim, act_dim, device)
-    step, episode, last_ckpt, rows, snapshots, snap_steps, last_eval = 0, 0, 0, [], [[] for _ in contexts], [], {}
-    best: list = [None] * k  # --keep-best: per context {"score", "step", "eval", "actor", "critic1", "critic2"}
-    ckpt_path = out / "checkpoint.pt"
-    cur_args = asdict(args)
-
+    run = RunState(agent, Replay(k, min(args.buffer_size, args.total_timesteps), obs_dim, act_dim, device))
     if args.resume:
-        ck = safe_load(ckpt_path)
-        diff = {f for f, v in ck["args"].items() if f not in RESUMABLE and json.dumps(v) != json.dumps(cur_args.get(f))}
-        if diff:
-            raise UserError(f"cannot resume {ckpt_path}: flags differ from the checkpointed run: {', '.join(sorted(diff))}")
-        agent.load(ck["agent"])
-        rb.load(ck["replay"])
-        step, episode, last_ckpt, rows, last_eval = ck["step"], ck["episode"], ck["last_ckpt"], ck["rows"], ck["last_eval"]
-        snapshots = [list(s) for s in ck["snapshots"]]
-        snap_steps = list(ck["snapshot_steps"])
-        best = list(ck.get("best", best))  # checkpoints before --keep-best have none
-        torch.set_rng_state(ck["rng"])
-        print(f"resumed from {ckpt_path} at step {step}")
+        run.load(out / "checkpoint.pt", asdict(args))
+        print(f"resumed from {out / 'checkpoint.pt'} at step {run.step}")
 
-    def reset_all():
-        return np.stack([env.reset(seed=args.seed + 1000 * i + 7919 * episode)[0] for i, env in enumerate(envs)])
-
-    def evaluate(at_step):
-        res = [
-            evaluate_policy(
-                args.task,
-                c,
-                [(W[i : i + 1], b[i : i + 1]) for W, b in agent.pairs([t.detach() for t in agent.actor])],
-                args.eval_episodes,
-                args.seed + 100_000,
-            )
-            for i, c in enumerate(contexts)
-        ]
-        for i, (lab, r) in enumerate(zip(labels, res)):
-            last_eval[lab] = {"step": at_step, **r}
-            score = [r["success_rate"] or 0.0, r["return_mean"]]
-            if args.keep_best and (best[i] is None or score > best[i]["score"]):  # ties keep the earlier actor
-                best[i] = {"score": score, "step": at_step, "eval": r, **weights_of(i)}
-        return res
-
-    def weights_of(i):  # context i's actor [W0, b0, ...] and twin critics, detached CPU copies
-        a = [t[i].detach().cpu().clone() for t in agent.actor]
-        c1, c2 = ([t[j].detach().cpu().clone() for t in agent.critic] for j in (i, k + i))
-        return {"actor": a, "critic1": c1, "critic2": c2}
-
-    obs = reset_all()
-    ep_ret = np.zeros(k)
-    losses: dict = {}
-    t0, s0 = time.time(), step
-    while step < args.total_timesteps:
+    obs, ep_ret, losses = reset_all(run.episode), np.zeros(k), {}
+    t0, s0 = time.time(), run.step
+    while run.step < args.total_timesteps:
         # ALGO LOGIC: act (uniform random before learning_starts, then pi(s) + N(0, sigma))
-        if step < args.learning_starts:
+        if run.step < args.learning_starts:
             act = torch.rand(k, act_dim) * 2 - 1
         else:
             with torch.no_grad():
-                o = torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(1)
-                act = mlp(agent.pairs(agent.actor), o).squeeze(1).cpu()
+                act = mlp(agent.actor, torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(1)).squeeze(1).cpu()
                 act = (act + torch.randn(k, act_dim) * args.exploration_noise).clamp(-1, 1)
         act = act.numpy()
         results = [env.step(a) for env, a in zip(envs, act)]
@@ -681,134 +550,71 @@ def main(args: Args) -> dict:
         rew = np.array([r[1] for r in results])
         term = np.array([r[2] for r in results], dtype=np.float32)
         trunc = np.array([r[3] for r in results])
-        rb.add(obs, act, rew, next_obs, term)  # next_obs is the real one: we reset by hand below
+        run.replay.add(obs, act, rew, next_obs, term)  # next_obs is the real one: we reset by hand below
         ep_ret += rew
         obs = next_obs
-        step += 1
+        run.step += 1
 
-        if step > args.learning_starts:
-            new = agent.update(rb.sample(args.batch_size), args, step % args.policy_frequency == 0)
+        if run.step > args.learning_starts:
+            new = agent.update(run.replay.sample(args.batch_size), run.step % args.policy_frequency == 0, **hyper)
             losses.update(new)  # actor_loss keeps its last value between delayed actor updates
             if not all(math.isfinite(v) for v in new.values()):
-                raise UserError(f"non-finite loss at step {step}: {losses}; lower --learning-rate or check the task")
-
-        if args.snapshot_interval and step >= args.snapshot_start and step % args.snapshot_interval == 0:
-            flat = flatten_layers(agent.pairs([t.detach() for t in agent.actor])).cpu()
-            for i in range(k):
-                snapshots[i].append(flat[i].clone())
-            snap_steps.append(step)
-
-        if args.eval_interval and step % args.eval_interval == 0:  # before the checkpoint below, so resume sees it
-            evaluate(step)
+                raise UserError(f"non-finite loss at step {run.step}: {losses}; lower --learning-rate or check the task")
+        if args.snapshot_interval and run.step >= args.snapshot_start and run.step % args.snapshot_interval == 0:
+            run.take_snapshot()
+        if args.eval_interval and run.step % args.eval_interval == 0:  # before the checkpoint below, so resume sees it
+            evaluate(run, args, contexts, labels)
 
         if term.any() or trunc.any():  # every task here ends all K episodes at the same step
-            sps = (step - s0) / (time.time() - t0)
-            for i, lab in enumerate(labels):
-                ev = last_eval.get(lab, {})
-                rows.append(
-                    {
-                        "step": step,
-                        "context": lab,
-                        "episodic_return": round(float(ep_ret[i]), 4),
-                        "eval_return": ev.get("return_mean"),
-                        "eval_success": ev.get("success_rate"),
-                        "qf_loss": losses.get("qf_loss"),
-                        "actor_loss": losses.get("actor_loss"),
-                        "sps": round(sps, 1),
-                    }
-                )
-            episode += 1
-            obs, ep_ret = reset_all(), np.zeros(k)
+            sps = round((run.step - s0) / (time.time() - t0), 1)
+            for lab, ret in zip(labels, ep_ret):
+                ev = run.last_eval.get(lab, {})
+                row = {"step": run.step, "context": lab, "episodic_return": round(float(ret), 4)}
+                row |= {"eval_return": ev.get("return_mean"), "eval_success": ev.get("success_rate")}
+                run.rows.append(row | {"qf_loss": losses.get("qf_loss"), "actor_loss": losses.get("actor_loss"), "sps": sps})
+            run.episode += 1
+            obs, ep_ret = reset_all(run.episode), np.zeros(k)
             # TRY NOT TO MODIFY: checkpoint at the first episode end past each interval (and at the end),
             # when every env has just been reset, so resuming needs no environment state.
-            due = args.checkpoint_interval and step // args.checkpoint_interval > last_ckpt // args.checkpoint_interval
-            if due or (args.checkpoint_interval and step >= args.total_timesteps):
-                last_ckpt = step
-                ck = {
-                    "args": cur_args,
-                    "agent": agent.state(),
-                    "replay": rb.state(),
-                    "step": step,
-                    "episode": episode,
-                    "last_ckpt": last_ckpt,
-                    "rows": rows,
-                    "last_eval": last_eval,
-                    "snapshots": [torch.stack(s) if s else torch.zeros(0) for s in snapshots],
-                    "snapshot_steps": snap_steps,
-                    "best": best,
-                    "rng": torch.get_rng_state(),
-                }
-                atomic_save(ck, ckpt_path)
-                write_csv(out / "metrics.csv", rows)
+            every = args.checkpoint_interval
+            if every and (run.step // every > run.last_ckpt // every or run.step >= args.total_timesteps):
+                run.last_ckpt = run.step
+                run.save(out / "checkpoint.pt", asdict(args))
+                write_csv(out / "metrics.csv", run.rows)
 
-        if step % args.log_interval == 0:
-            sps = (step - s0) / (time.time() - t0)  # since start (or resume); x K for expert-steps/s
-            rets = " ".join(f"{lab}:{r['episodic_return']:.1f}" for lab, r in zip(labels, rows[-k:])) if rows else "-"
+        if run.step % args.log_interval == 0:
+            sps = (run.step - s0) / (time.time() - t0)  # since start (or resume); x K for expert-steps/s
+            rets = " ".join(f"{r['context']}:{r['episodic_return']:.1f}" for r in run.rows[-k:]) or "-"
             print(
-                f"step {step:>8}  SPS {sps * k:7.0f} (x{k} contexts)  last return {rets}  qf_loss {losses.get('qf_loss', float('nan')):.3g}",
+                f"step {run.step:>8}  SPS {sps * k:7.0f} (x{k} contexts)  last return {rets}  qf_loss {losses.get('qf_loss', float('nan')):.3g}",
                 flush=True,
             )
 
-    # Final evaluation and the expert files (plain dicts: weights_only-loadable).
-    done = all(last_eval.get(lab, {}).get("step") == step for lab in labels)  # the loop's last step evaluated
-    final = [last_eval[lab] for lab in labels] if done else evaluate(step)
+    # Final evaluation (unless the loop's last step had one) and the files
+    if any(run.last_eval.get(lab, {}).get("step") != run.step for lab in labels):
+        evaluate(run, args, contexts, labels)
+    final = [run.last_eval[lab] for lab in labels]
     paths = []
     for i, (ctx, lab) in enumerate(zip(contexts, labels)):
-        kept = best[i] if args.keep_best else {"step": step, "eval": final[i], **weights_of(i)}
-        expert = {
-            "format": "cleanhyper-expert-v1",
-            "task": args.task,
-            "context": ctx,
-            "context_names": [n for n in ctx if n not in ("env_name", "goal_seed")],
-            "context_vector": context_vector(ctx),
-            "label": lab,
-            "obs_dim": obs_dim,
-            "act_dim": act_dim,
-            "hidden": list(args.hidden),
-            "actor": kept["actor"],  # W0 [S,H], b0 [1,H], W1, b1, W2 [H,A], b2 [1,A]
-            "critic1": kept["critic1"],  # Q1 of this context (input cat[s, a])
-            "critic2": kept["critic2"],
-            "step": kept["step"],
-            "final_step": step,
-            "eval_return": kept["eval"]["return_mean"],
-            "eval_return_std": kept["eval"]["return_std"],
-            "eval_success": kept["eval"]["success_rate"],
-            "eval_seed": args.seed + 100_000,
-            "eval_episodes": args.eval_episodes,
-            "gamma": args.gamma,
-            "args": cur_args,
-        }
+        kept = run.best[i] if args.keep_best else {"step": run.step, "eval": final[i], **agent.expert_weights(i)}
         paths.append(out / f"expert_{lab}.pt")
-        atomic_save(expert, paths[-1])
-        if args.snapshot_interval and snapshots[i]:
-            atomic_save(torch.stack(snapshots[i]).numpy().astype(np.float32), out / f"snapshots_{lab}.npy")
-    if snap_steps:
-        atomic_save(np.asarray(snap_steps, dtype=np.int64), out / "snapshot_steps.npy")
-    write_csv(out / "metrics.csv", rows)
-    atomic_save(json.dumps(cur_args, indent=2), out / "args.json")
+        atomic_save(expert_file(args, ctx, lab, kept, run.step, obs_dim, act_dim), paths[-1])
+        if run.snapshots[i]:
+            atomic_save(torch.stack(run.snapshots[i]).numpy().astype(np.float32), out / f"snapshots_{lab}.npy")
+    if run.snapshot_steps:
+        atomic_save(np.asarray(run.snapshot_steps, dtype=np.int64), out / "snapshot_steps.npy")
+    write_csv(out / "metrics.csv", run.rows)
+    atomic_save(json.dumps(asdict(args), indent=2), out / "args.json")
     wall = time.time() - t0
     print(f"\nfinal evaluation (deterministic, {args.eval_episodes} episodes):")
     for i, (lab, r) in enumerate(zip(labels, final)):
         sr = f"  success {r['success_rate']:.2f}" if r["success_rate"] is not None else ""
-        note = f"  (kept step {best[i]['step']}: {best[i]['score']})" if args.keep_best else ""
+        note = f"  (kept step {run.best[i]['step']}: {run.best[i]['score']})" if args.keep_best else ""
         print(f"  {lab:>24}: return {r['return_mean']:9.2f} +- {r['return_std']:.2f}{sr}{note}")
-    print(f"wrote {len(paths)} experts, metrics.csv, args.json{' and snapshots' if snap_steps else ''} to {out}  ({wall:.0f} s)")
-    return {
-        "out_dir": str(out),
-        "experts": [str(p) for p in paths],
-        "eval": {lab: r for lab, r in zip(labels, final)},
-        "wall_s": wall,
-    }
-
-
-def cli(main, args_cls) -> None:
-    """Every stage's entry point: parse the flags (tyro turns Args' docstrings into --help), run main, and turn bad
-    input into one line on stderr and exit code 2."""
-    try:
-        main(tyro.cli(args_cls))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    print(
+        f"wrote {len(paths)} experts, metrics.csv, args.json{' and snapshots' if run.snapshot_steps else ''} to {out}  ({wall:.0f} s)"
+    )
+    return {"out_dir": str(out), "experts": [str(p) for p in paths], "eval": dict(zip(labels, final)), "wall_s": wall}
 
 
 if __name__ == "__main__":

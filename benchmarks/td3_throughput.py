@@ -20,6 +20,7 @@ import torch.nn as nn
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import tasks  # noqa: E402
 import td3  # noqa: E402
 
 
@@ -33,7 +34,8 @@ class Args:
     """timed steps per configuration (after 5 warm-up steps)"""
     batch_size: int = 256
     device: str = "auto"
-    torch_threads: int = 1
+    torch_threads: int = 0
+    """CPU threads for torch (0: torch's default, one per core)"""
     skip_independent_above: int = 16
     """do not time the independent learners for K above this (their cost is K x the K = 1 cost)"""
 
@@ -96,8 +98,8 @@ class Independent:
 
 
 def envs_for(k):
-    ctxs = td3.parse_contexts("cheetah-vel", [f"{3 * i / max(k, 1):.3f}" for i in range(k)])
-    envs = [td3.make_env("cheetah-vel", c, i) for i, c in enumerate(ctxs)]
+    ctxs = tasks.parse_contexts("cheetah-vel", [f"{3 * i / max(k, 1):.3f}" for i in range(k)])
+    envs = [tasks.make_env("cheetah-vel", c, i) for i, c in enumerate(ctxs)]
     return envs, np.stack([e.reset(seed=i)[0] for i, e in enumerate(envs)])
 
 
@@ -112,6 +114,7 @@ def step_envs(envs, obs, act):
 
 def time_batched(k, h, args, device):
     targs = td3.Args(hidden=(h, h), batch_size=args.batch_size)
+    hyper = {"gamma": targs.gamma, "tau": targs.tau, "policy_noise": targs.policy_noise, "noise_clip": targs.noise_clip}
     envs, obs = envs_for(k)
     agent = td3.TD3(k, 17, 6, targs.hidden, 3e-4, device)
     rb = td3.Replay(k, 2000, 17, 6, device)
@@ -125,12 +128,12 @@ def time_batched(k, h, args, device):
             sync(device)
             t0 = time.perf_counter()
         with torch.no_grad():
-            a = td3.mlp(agent.pairs(agent.actor), torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(1))
+            a = td3.mlp(agent.actor, torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(1))
             act = (a.squeeze(1).cpu() + 0.1 * torch.randn(k, 6)).clamp(-1, 1).numpy()
         nxt, r, d = step_envs(envs, obs, act)
         rb.add(obs, act, r, nxt, d)
         obs = nxt
-        agent.update(rb.sample(args.batch_size), targs, it % 2 == 0)
+        agent.update(rb.sample(args.batch_size), it % 2 == 0, **hyper)
     sync(device)
     return k * args.steps / (time.perf_counter() - t0)
 
@@ -169,11 +172,12 @@ def sync(device):
 
 
 def main(args: Args) -> dict:
-    torch.set_num_threads(args.torch_threads)
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     torch.manual_seed(0)
     np.random.seed(0)
     device = td3.resolve_device(args.device)
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {args.torch_threads} torch thread(s)"
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} torch thread(s)"
     print(f"device: {name}; batch {args.batch_size}; {args.steps} timed steps per configuration; cheetah-vel envs")
     print(f"{'hidden':>6} {'K':>4} {'batched':>12} {'independent':>12} {'batched/indep':>14} {'batched K / K=1':>16}")
     rows = []

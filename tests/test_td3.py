@@ -1,161 +1,24 @@
-"""td3.py: contextual tasks, the policy form, batched TD3, files, determinism, resume and error paths."""
+"""td3.py: the policy form, batched TD3 (Q1 and Q2 named), the run state, files, determinism, resume and error paths."""
 
 import csv
 import subprocess
 import sys
 from pathlib import Path
 
-import mujoco
 import numpy as np
 import pytest
 import torch
 
 import td3
+from tasks import parse_contexts
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tiny_args(out, **kw) -> td3.Args:
-    base = dict(
-        task="cheetah-vel",
-        contexts=("0.5", "2.0"),
-        total_timesteps=600,
-        learning_starts=200,
-        batch_size=32,
-        hidden=(16, 16),
-        eval_interval=0,
-        eval_episodes=2,
-        checkpoint_interval=200,
-        log_interval=10_000,
-        out_dir=str(out),
-    )
-    base.update(kw)
-    return td3.Args(**base)
-
-
-# ---------------------------------------------------------------------------------------------- tasks
-# dm_control.utils.rewards.tolerance(x, bounds=(0, 1), margin=1, value_at_margin=0.1) at x = 1.5, 2, 3
-REFERENCE = {
-    "gaussian": (0.5623, 0.1, 1e-4),
-    "linear": (0.55, 0.1, 0.0),
-    "hyperbolic": (0.4264, 0.1, 0.005),
-    "long_tail": (0.3077, 0.1, 0.027),
-    "reciprocal": (0.1818, 0.1, 0.0526),
-    "cosine": (0.6581, 0.1, 0.0),
-    "quadratic": (0.775, 0.1, 0.0),
-    "tanh_squared": (0.4805, 0.1, 0.0028),
-}
-
-
-@pytest.mark.parametrize("sigmoid", sorted(REFERENCE))
-def test_tolerance_matches_dm_control(sigmoid):
-    got = td3.tolerance(np.array([1.5, 2.0, 3.0]), bounds=(0, 1), margin=1, sigmoid=sigmoid, value_at_margin=0.1)
-    np.testing.assert_allclose(got, REFERENCE[sigmoid], atol=6e-4, rtol=2e-3)
-    assert td3.tolerance(0.5, bounds=(0, 1), margin=1, sigmoid=sigmoid) == 1.0  # inside the bounds
-    assert td3.tolerance(-0.5, bounds=(0, 1), margin=0.0) == 0.0  # margin 0: an indicator
-
-
-def test_parse_contexts_fills_defaults_and_validates():
-    assert td3.parse_contexts("cheetah-vel", ["1.5"]) == [{"goal": 1.5}]
-    assert td3.parse_contexts("cheetah-run", ["speed=3,length=0.4"]) == [{"speed": 3.0, "length": 0.4}]
-    assert td3.parse_contexts("walker-walk", ["2"]) == [{"speed": 2.0, "length": 0.2}]
-    assert td3.parse_contexts("metaworld", ["reach-v3"], seed=4) == [{"env_name": "reach-v3", "goal_seed": 4}]
-    for task, spec, msg in [
-        ("cheetah-vel", "3.5", "out of range"),
-        ("cheetah-vel", "-0.1", "out of range"),
-        ("cheetah-run", "length=0", "out of range"),
-        ("cheetah-run", "mass=2", "no context 'mass'"),
-        ("cheetah-vel", "fast", "not a number"),
-        ("metaworld", "reach-v2", "unknown MetaWorld task"),
-        ("hopper", "1", "unknown task"),
-    ]:
-        with pytest.raises(td3.UserError, match=msg):
-            td3.parse_contexts(task, [spec])
-
-
-def _rollout(env, actions, seed=0):
-    env.reset(seed=seed)
-    out = [env.step(a) for a in actions]
-    return np.array([o[0] for o in out]), np.array([o[1] for o in out]), [o[4] for o in out]
-
-
-def test_speed_changes_only_the_reward():
-    actions = np.random.default_rng(0).uniform(-1, 1, (40, 6))
-    (c1,) = td3.parse_contexts("cheetah-run", ["speed=1"])
-    (c2,) = td3.parse_contexts("cheetah-run", ["speed=5"])
-    obs1, rew1, info1 = _rollout(td3.make_env("cheetah-run", c1), actions)
-    obs2, rew2, _ = _rollout(td3.make_env("cheetah-run", c2), actions)
-    np.testing.assert_array_equal(obs1, obs2)  # same dynamics
-    v = np.array([i["x_velocity"] for i in info1])
-    np.testing.assert_allclose(rew1, td3.tolerance(v, (1, np.inf), 1, "linear", 0.1))
-    np.testing.assert_allclose(rew2, td3.tolerance(v, (5, np.inf), 5, "linear", 0.1))
-    assert np.abs(rew1 - rew2).max() > 0.05
-
-
-def test_cheetah_vel_reward_formula():
-    (ctx,) = td3.parse_contexts("cheetah-vel", ["2.0"])
-    actions = np.random.default_rng(1).uniform(-1, 1, (20, 6))
-    _, rew, info = _rollout(td3.make_env("cheetah-vel", ctx), actions)
-    v = np.array([i["x_velocity"] for i in info])
-    np.testing.assert_allclose(rew, -np.abs(v - 2.0) - 0.05 * (actions**2).sum(1))
-
-
-def test_walker_reward_and_no_early_termination():
-    (ctx,) = td3.parse_contexts("walker-walk", ["1.0"])
-    env = td3.make_env("walker-walk", ctx)
-    env.reset(seed=0)
-    for _ in range(300):  # a falling walker is not terminated
-        _, r, terminated, truncated, info = env.step(-np.ones(6))
-        assert not terminated and 0.0 <= r <= 1.0
-    q = env.unwrapped.data.qpos
-    stand = (3 * td3.tolerance(q[1], (1.2, np.inf), 0.6) + (1 + np.cos(q[2])) / 2) / 4
-    move = td3.tolerance(info["x_velocity"], (1.0, np.inf), 1.0, "linear", 0.1)
-    assert r == pytest.approx(stand * (5 * move + 1) / 6)
-
-
-def test_length_changes_model_and_motion_only_for_cheetah_torso():
-    base, longer = td3.parse_contexts("cheetah-run", ["length=0.5", "length=0.8"])
-    m0 = td3.make_env("cheetah-run", base).unwrapped.model
-    m1 = td3.make_env("cheetah-run", longer).unwrapped.model
-    g0, g1 = m0.geom("torso"), m1.geom("torso")
-    assert g0.size[1] == pytest.approx(0.5) and g1.size[1] == pytest.approx(0.8)  # capsule half-length
-    np.testing.assert_allclose(m1.body("fthigh").pos, [0.8, 0, 0])
-    np.testing.assert_allclose(m1.body("bthigh").pos, [-0.8, 0, 0])
-    np.testing.assert_allclose(m1.geom("head").pos, [0.9, 0, 0.1])
-    assert m1.body_subtreemass[1] == pytest.approx(14.0)  # settotalmass keeps 14 kg, redistributed
-    assert m1.body("torso").mass[0] > m0.body("torso").mass[0]
-    np.testing.assert_allclose(m1.body("bshin").pos, m0.body("bshin").pos)  # the legs are unchanged
-    # the stock model equals length 0.5
-    stock = mujoco.MjModel.from_xml_path(str(Path(td3.gym.__file__).parent / "envs/mujoco/assets/half_cheetah.xml"))
-    np.testing.assert_allclose(stock.body_mass, m0.body_mass, rtol=1e-6)
-    actions = np.random.default_rng(2).uniform(-1, 1, (50, 6))
-    obs0, _, _ = _rollout(td3.make_env("cheetah-run", base), actions)
-    obs1, _, _ = _rollout(td3.make_env("cheetah-run", longer), actions)
-    assert np.abs(obs0 - obs1).max() > 0.1  # same actions, different motion
-
-
-def test_walker_length_changes_torso_geom():
-    short, long = td3.parse_contexts("walker-walk", ["length=0.15", "length=0.35"])
-    g0 = td3.make_env("walker-walk", short).unwrapped.model.geom("torso_geom")
-    g1 = td3.make_env("walker-walk", long).unwrapped.model.geom("torso_geom")
-    assert g0.size[1] == pytest.approx(0.15) and g1.size[1] == pytest.approx(0.35)
-
-
-def test_metaworld_goal_fixed_by_seed_and_truncation_at_500():
-    (c0,) = td3.parse_contexts("metaworld", ["reach-v3"], seed=0)
-    (c1,) = td3.parse_contexts("metaworld", ["reach-v3"], seed=1)
-    e0, e0b, e1 = td3.make_env("metaworld", c0), td3.make_env("metaworld", c0), td3.make_env("metaworld", c1)
-    o0, o0b, o1 = e0.reset()[0], e0b.reset()[0], e1.reset()[0]
-    np.testing.assert_array_equal(o0, o0b)
-    assert np.abs(o0[36:39] - o1[36:39]).max() > 1e-3  # another seed, another goal
-    for t in range(500):
-        _, _, terminated, truncated, info = e0.step(np.zeros(4))
-        assert not terminated and truncated == (t == 499) and "success" in info
-
-
+# ---------------------------------------------------------------------------------------------- episodes and files
 def test_metaworld_evaluation_survives_a_weights_only_checkpoint(tmp_path):
     # evaluations go into checkpoint.pt; a numpy scalar from MetaWorld's reward made resume fail to load
-    (ctx,) = td3.parse_contexts("metaworld", ["coffee-button-v3"], seed=1)  # its reward is a numpy.float64
+    (ctx,) = parse_contexts("metaworld", ["coffee-button-v3"], seed=1)  # its reward is a numpy.float64
     r = td3.evaluate_policy("metaworld", ctx, None, 1, seed=3)
     td3.atomic_save(
         {"last_eval": {"coffee-button-v3": r}, "best": [{"score": [r["success_rate"], r["return_mean"]]}]}, tmp_path / "c.pt"
@@ -192,20 +55,18 @@ def test_mlp_equals_nn_sequential_and_flatten_round_trip():
 
 
 def test_batched_update_equals_separate_updates():
-    """K contexts in one TD3 equal K single-context TD3s: critics, actor, targets and Adam state."""
+    """K contexts in one TD3 equal K single-context TD3s: actor, Q1, Q2, their targets and the Adam states."""
     torch.manual_seed(0)
     K, B, S, A = 3, 16, 5, 2
-    args = td3.Args(hidden=(8, 8), tau=0.05)
-    big = td3.TD3(K, S, A, args.hidden, 1e-3, "cpu")
-    singles = [td3.TD3(1, S, A, args.hidden, 1e-3, "cpu") for _ in range(K)]
+    hyper = {"gamma": 0.99, "tau": 0.05, "policy_noise": 0.2, "noise_clip": 0.5}
+    big = td3.TD3(K, S, A, (8, 8), 1e-3, "cpu")
+    singles = [td3.TD3(1, S, A, (8, 8), 1e-3, "cpu") for _ in range(K)]
     with torch.no_grad():
         for k, one in enumerate(singles):
-            for src, dst in ((big.actor, one.actor), (big.actor_t, one.actor_t)):
-                for s, d in zip(src, dst):
-                    d.copy_(s[k : k + 1])
-            for src, dst in ((big.critic, one.critic), (big.critic_t, one.critic_t)):
-                for s, d in zip(src, dst):
-                    d.copy_(torch.cat([s[k : k + 1], s[K + k : K + k + 1]]))  # Q1 of k, Q2 of k
+            for name, net in one.networks().items():  # actor, q1, q2, actor_t, q1_t, q2_t
+                for (W, b), (W_big, b_big) in zip(net, big.networks()[name]):
+                    W.copy_(W_big[k : k + 1])
+                    b.copy_(b_big[k : k + 1])
     for it in range(4):
         batch = (
             torch.randn(K, B, S),
@@ -214,30 +75,26 @@ def test_batched_update_equals_separate_updates():
             torch.randn(K, B, S),
             (torch.rand(K, B) < 0.2).float(),
         )
-        noise = torch.randn(K, B, A) * args.policy_noise
-        big.update(batch, args, update_actor=it % 2 == 1, noise=noise)
+        noise = torch.randn(K, B, A) * hyper["policy_noise"]
+        big.update(batch, it % 2 == 1, **hyper, noise=noise)
         for k, one in enumerate(singles):
-            one.update(tuple(t[k : k + 1] for t in batch), args, update_actor=it % 2 == 1, noise=noise[k : k + 1])
+            one.update(tuple(t[k : k + 1] for t in batch), it % 2 == 1, **hyper, noise=noise[k : k + 1])
     for k, one in enumerate(singles):
-        for name in ("actor", "actor_t"):
-            for s, d in zip(getattr(big, name), getattr(one, name)):
-                torch.testing.assert_close(s[k : k + 1].detach(), d.detach(), rtol=1e-5, atol=1e-6)
-        for name in ("critic", "critic_t"):
-            for s, d in zip(getattr(big, name), getattr(one, name)):
-                torch.testing.assert_close(
-                    torch.cat([s[k : k + 1], s[K + k : K + k + 1]]).detach(), d.detach(), rtol=1e-5, atol=1e-6
-                )
-        for opt_big, opt_one, twin in ((big.actor_opt, one.actor_opt, False), (big.critic_opt, one.critic_opt, True)):
+        for name, net in one.networks().items():
+            for (W, b), (W_big, b_big) in zip(net, big.networks()[name]):
+                torch.testing.assert_close(W_big[k : k + 1].detach(), W.detach(), rtol=1e-5, atol=1e-6)
+                torch.testing.assert_close(b_big[k : k + 1].detach(), b.detach(), rtol=1e-5, atol=1e-6)
+        for opt_big, opt_one in ((big.actor_opt, one.actor_opt), (big.critic_opt, one.critic_opt)):
             for p_big, p_one in zip(opt_big.param_groups[0]["params"], opt_one.param_groups[0]["params"]):
                 for key in ("exp_avg", "exp_avg_sq"):
-                    sb = opt_big.state[p_big][key]
-                    sb = torch.cat([sb[k : k + 1], sb[K + k : K + k + 1]]) if twin else sb[k : k + 1]
-                    torch.testing.assert_close(sb, opt_one.state[p_one][key], rtol=1e-5, atol=1e-7)
+                    torch.testing.assert_close(
+                        opt_big.state[p_big][key][k : k + 1], opt_one.state[p_one][key], rtol=1e-5, atol=1e-7
+                    )
                 assert float(opt_big.state[p_big]["step"]) == float(opt_one.state[p_one]["step"])
 
 
 # ---------------------------------------------------------------------------------------------- runs and files
-def test_short_run_writes_loadable_experts_and_reproducible_eval(tmp_path):
+def test_short_run_writes_loadable_experts_and_reproducible_eval(tmp_path, tiny_args):
     res = td3.main(tiny_args(tmp_path / "run", snapshot_interval=100, snapshot_start=300))
     assert len(res["experts"]) == 2
     for f in ("metrics.csv", "args.json", "snapshots_goal_0.5.npy", "snapshot_steps.npy", "checkpoint.pt"):
@@ -259,7 +116,7 @@ def test_short_run_writes_loadable_experts_and_reproducible_eval(tmp_path):
     assert not np.allclose(snaps[0], final)
 
 
-def test_keep_best_saves_the_best_evaluated_actor(tmp_path):
+def test_keep_best_saves_the_best_evaluated_actor(tmp_path, tiny_args):
     res = td3.main(tiny_args(tmp_path / "run", total_timesteps=1000, eval_interval=200, keep_best=True, snapshot_interval=200))
     rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
     snaps_at = np.load(tmp_path / "run" / "snapshot_steps.npy", allow_pickle=False).tolist()
@@ -279,7 +136,7 @@ def test_keep_best_saves_the_best_evaluated_actor(tmp_path):
     assert min(kept_steps) < 1000  # at least one context peaked before the end, so the flag changed something
 
 
-def test_same_seed_same_weights_other_seed_differs(tmp_path):
+def test_same_seed_same_weights_other_seed_differs(tmp_path, tiny_args):
     a = td3.main(tiny_args(tmp_path / "a", contexts=("1.0",), total_timesteps=400))
     b = td3.main(tiny_args(tmp_path / "b", contexts=("1.0",), total_timesteps=400))
     c = td3.main(tiny_args(tmp_path / "c", contexts=("1.0",), total_timesteps=400, seed=2))
@@ -289,7 +146,7 @@ def test_same_seed_same_weights_other_seed_differs(tmp_path):
 
 
 @pytest.mark.parametrize("keep_best", [False, True])
-def test_resume_reaches_the_same_state(tmp_path, keep_best):
+def test_resume_reaches_the_same_state(tmp_path, tiny_args, keep_best):
     kw = {"keep_best": keep_best, "eval_interval": 200 if keep_best else 0}
     full = td3.main(tiny_args(tmp_path / "full", total_timesteps=800, **kw))
     td3.main(tiny_args(tmp_path / "part", total_timesteps=400, **kw))  # "killed" after its checkpoint at 400
@@ -303,6 +160,9 @@ def test_resume_reaches_the_same_state(tmp_path, keep_best):
     ck_part = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)
     assert torch.equal(ck_full["replay"]["obs"], ck_part["replay"]["obs"])
     assert [r["episodic_return"] for r in ck_full["rows"]] == [r["episodic_return"] for r in ck_part["rows"]]
+    for name in ("actor", "q1", "q2", "actor_t", "q1_t", "q2_t"):  # the whole agent, targets included
+        assert all(torch.equal(a, b) for la, lb in zip(ck_full["agent"][name], ck_part["agent"][name]) for a, b in zip(la, lb))
+    assert torch.equal(ck_full["rng"], ck_part["rng"]) and ck_full["episode"] == ck_part["episode"]
 
 
 # ---------------------------------------------------------------------------------------------- bad input
@@ -327,7 +187,7 @@ def test_cli_bad_input_one_line_exit_2(argv, msg, tmp_path):
     assert not (tmp_path / "x").exists()  # nothing written
 
 
-def test_cli_corrupt_and_incompatible_resume(tmp_path):
+def test_cli_corrupt_and_incompatible_resume(tmp_path, tiny_args):
     run = tmp_path / "run"
     td3.main(tiny_args(run, total_timesteps=400))
     good = (run / "checkpoint.pt").read_bytes()
@@ -336,6 +196,17 @@ def test_cli_corrupt_and_incompatible_resume(tmp_path):
     common += ["--contexts", "0.5", "2.0", "--out-dir", str(run), "--resume", "--eval-interval", "0"]
     r = run_cli(*common, "--gamma", "0.9", "--checkpoint-interval", "200")
     assert r.returncode == 2 and "flags differ from the checkpointed run: gamma" in r.stderr and "Traceback" not in r.stderr
+    # a checkpoint of the td3.py before the run state was one object (no format; twins stacked as 2K) is refused
+    old = td3.safe_load(run / "checkpoint.pt")
+    del old["format"]
+    stacked = lambda nets: [torch.cat([t1, t2]) for l1, l2 in zip(*nets) for t1, t2 in zip(l1, l2)]  # noqa: E731
+    old["agent"] = {
+        "actor": [t for layer in old["agent"]["actor"] for t in layer],
+        "critic": stacked([old["agent"]["q1"], old["agent"]["q2"]]),
+    }
+    td3.atomic_save(old, run / "checkpoint.pt")
+    r = run_cli(*common, "--checkpoint-interval", "200")
+    assert r.returncode == 2 and "written by an older td3.py" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     (run / "checkpoint.pt").write_bytes(good[: len(good) // 2])  # truncated
     r = run_cli(*common, "--checkpoint-interval", "200")
     assert r.returncode == 2 and "cannot load" in r.stderr and "checkpoint.pt" in r.stderr and "Traceback" not in r.stderr
@@ -361,10 +232,10 @@ def test_atomic_save_permissions_and_no_partial_file(tmp_path):
 def test_shared_init_starts_every_context_from_one_draw():
     torch.manual_seed(0)
     shared = td3.TD3(3, 5, 2, (8, 8), 1e-3, "cpu", shared=True)
-    for t in shared.actor:
-        assert torch.equal(t[0], t[1]) and torch.equal(t[0], t[2])
-    for t in shared.critic:  # [Q1 x 3, Q2 x 3]: the contexts share, the twins differ
-        assert torch.equal(t[0], t[2]) and torch.equal(t[3], t[5]) and not torch.equal(t[0], t[3])
+    for layer in shared.actor + shared.q1 + shared.q2:  # the contexts share
+        for t in layer:
+            assert torch.equal(t[0], t[1]) and torch.equal(t[0], t[2])
+    assert not torch.equal(shared.q1[0][0], shared.q2[0][0])  # the twins differ
     torch.manual_seed(0)
     separate = td3.TD3(3, 5, 2, (8, 8), 1e-3, "cpu")
-    assert not torch.equal(separate.actor[0][0], separate.actor[0][1])
+    assert not torch.equal(separate.actor[0][0][0], separate.actor[0][0][1])
