@@ -26,8 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import tasks
 import td3
-from td3 import UserError, rollout  # noqa: F401  (collect.rollout: the one episode loop, in td3.py)
+from tasks import UserError
+from td3 import rollout  # noqa: F401  (collect.rollout: the one episode loop, in td3.py)
 
 FORMAT = "cleanhyper-rollouts-v1"
 BEHAVIOUR_FORMAT = "cleanhyper-behaviour-v1"
@@ -55,8 +57,9 @@ class Args:
     """episodes per snapshot; traj and post_success come from the first one"""
     device: str = "auto"
     """'auto' (cuda when present), 'cpu' or 'cuda'"""
-    torch_threads: int = 1
-    """CPU threads for torch"""
+    torch_threads: int = 0
+    """CPU threads for torch (0: torch's default, one per core: fastest for one run alone; give 1 to each of several
+    runs sharing the cores)"""
 
 
 def episode_seed(seed: int, i: int, e: int) -> int:
@@ -122,7 +125,7 @@ def collect_behaviour(args: Args, experts: list[dict], envs: list, expert_dir: P
             rows["post"].append(post)
             rows["post_step"].append(eps[0]["success_step"])
         print(f"  behaviour {e['label']:>24}: {len(flat)} policies, mean return {np.mean(rows['ret'][-len(flat) :]):9.2f}")
-    cvec = np.array([td3.context_vector(e["context"]) for e in experts], np.float32).reshape(len(experts), -1)
+    cvec = np.array([tasks.context_vector(e["context"]) for e in experts], np.float32).reshape(len(experts), -1)
     cid = np.asarray(rows["cid"], np.int64)
     return {
         "params": np.stack(rows["params"]).astype(np.float32),
@@ -140,7 +143,8 @@ def collect_behaviour(args: Args, experts: list[dict], envs: list, expert_dir: P
 def main(args: Args) -> dict:
     if args.episodes < 1 or args.snapshot_episodes < 1:
         raise UserError("need --episodes >= 1 and --snapshot-episodes >= 1")
-    torch.set_num_threads(args.torch_threads)
+    if args.torch_threads:  # 0: torch's default
+        torch.set_num_threads(args.torch_threads)
     device = td3.resolve_device(args.device)
     experts = td3.load_experts(args.experts)  # sorted by label: that order is context_id
     expert_dir = Path(args.experts) if Path(args.experts).is_dir() else Path(args.experts).parent
@@ -154,7 +158,7 @@ def main(args: Args) -> dict:
     data = {k: [] for k in ("obs", "action", "reward", "next_obs", "terminated", "q", "context", "context_id", "episode")}
     envs, infos = [], []
     for i, e in enumerate(experts):
-        env = td3.make_env(task, e["context"], episode_seed(args.seed, i, 0))
+        env = tasks.make_env(task, e["context"], episode_seed(args.seed, i, 0))
         envs.append(env)
         layers = td3.expert_layers(e, "actor", device)
         eps = [rollout(env, layers, episode_seed(args.seed, i, k), device) for k in range(args.episodes)]
@@ -249,4 +253,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    td3.cli(main, Args)
+    tasks.cli(main, Args)

@@ -36,8 +36,9 @@ import hyperzero
 import hypformer
 import hyplatent
 import meta
+import tasks
 import td3
-from td3 import UserError
+from tasks import UserError
 
 SOURCES = {m.FORMAT: m for m in (hyperzero, meta, hyplatent, hypformer)}  # checkpoint format -> the module reading it
 CHECKPOINTS = ("hyperzero.pt", "meta.pt", "hyplatent.pt", "hypformer.pt")
@@ -67,8 +68,9 @@ class Args:
     """write one GIF per (method, context) to out_dir/videos (needs libosmesa6 on CPU)"""
     device: str = "auto"
     """'auto' (cuda when present), 'cpu' or 'cuda'"""
-    torch_threads: int = 1
-    """CPU threads for torch"""
+    torch_threads: int = 0
+    """CPU threads for torch (0: torch's default, one per core: fastest for one run alone; give 1 to each of several
+    runs sharing the cores)"""
 
 
 def load_source(path: str) -> tuple[dict, object]:
@@ -89,7 +91,7 @@ def load_source(path: str) -> tuple[dict, object]:
 def save_video(task, ctx, layers, seed, path):
     import imageio.v2 as imageio
 
-    ep = td3.rollout(td3.make_env(task, ctx, seed, render_mode="rgb_array"), layers, seed, render=True)
+    ep = td3.rollout(tasks.make_env(task, ctx, seed, render_mode="rgb_array"), layers, seed, render=True)
     frames = [f[::-1] for f in ep["frames"]] if task == "metaworld" else ep["frames"]  # MetaWorld's camera is upside down
     path.parent.mkdir(parents=True, exist_ok=True)
     imageio.mimsave(path, frames[::2], duration=0.04)
@@ -189,10 +191,10 @@ def demo_conditions(task, contexts, by_label, seed, device) -> torch.Tensor:
     Make-An-Agent trajectory feature of its expert's deterministic episode. So a task needs its expert."""
     feats = []
     for ctx in contexts:
-        lab = td3.context_label(ctx)
+        lab = tasks.context_label(ctx)
         if lab not in by_label:
             raise UserError(f"context {lab}: a behaviour-conditioned generator needs that task's expert (its demo) in --experts")
-        ep = collect.rollout(td3.make_env(task, ctx, seed), td3.expert_layers(by_label[lab], device=device), seed, device)
+        ep = collect.rollout(tasks.make_env(task, ctx, seed), td3.expert_layers(by_label[lab], device=device), seed, device)
         feats.append(collect.behaviour_features(ep["states"], ep["actions"], ep["success_step"])[0])
     return torch.as_tensor(np.stack(feats))
 
@@ -200,7 +202,7 @@ def demo_conditions(task, contexts, by_label, seed, device) -> torch.Tensor:
 def expert_transitions(task, expert, n, seed, device) -> dict:
     """The first n transitions of the context's expert, rolled out deterministically with reset seeds seed + 50_000 + e,
     apart from the evaluation episodes' seed + e: the few-shot data of maml-adapted / pearl-adapted."""
-    env, layers, eps = td3.make_env(task, expert["context"], seed), td3.expert_layers(expert, device=device), []
+    env, layers, eps = tasks.make_env(task, expert["context"], seed), td3.expert_layers(expert, device=device), []
     while sum(len(ep["actions"]) for ep in eps) < n:
         eps.append(td3.rollout(env, layers, seed + 50_000 + len(eps)))
     cat = lambda key, sl=slice(None): np.concatenate([ep[key][sl] for ep in eps])[:n]  # noqa: E731
@@ -265,16 +267,16 @@ def main(args: Args) -> dict:
         raise UserError(f"observation/action sizes differ between experts and policies: {sorted(dims)}")
     by_label = {e["label"]: e for e in experts}
     if args.contexts:
-        contexts = td3.parse_contexts(task, args.contexts, args.seed)
+        contexts = tasks.parse_contexts(task, args.contexts, args.seed)
     else:  # every context anybody knows of, in a stable order
         pool = [e["context"] for e in experts] + [c for ck, _ in sources for part in ("train", "test") for c in ck["split"][part]]
-        contexts = list({td3.context_label(c): c for c in pool}.values())
-    labels = [td3.context_label(c) for c in contexts]
+        contexts = list({tasks.context_label(c): c for c in pool}.values())
+    labels = [tasks.context_label(c) for c in contexts]
     out = Path(args.out_dir)
 
     rows, t0 = [], time.time()
     # a context is held out for the expert and random rows when no approximator trained on it
-    trained = {td3.context_label(c) for ck, _ in sources for c in ck["split"]["train"]}
+    trained = {tasks.context_label(c) for ck, _ in sources for c in ck["split"]["train"]}
     heldout_of = lambda lab: (lab not in trained) if sources else None  # noqa: E731
 
     def add(method, ctx, res, heldout, n_policies=1, extra=None):
@@ -283,7 +285,7 @@ def main(args: Args) -> dict:
                 "method": method,
                 "task": task,
                 "context": ctx,
-                "label": td3.context_label(ctx),
+                "label": tasks.context_label(ctx),
                 "heldout": heldout,
                 "episodes": args.episodes,
                 "n_policies": n_policies,
@@ -314,7 +316,7 @@ def main(args: Args) -> dict:
         method = ck.get("model", mod.__name__)
         names[method] = names.get(method, 0) + 1
         method = method if names[method] == 1 else f"{method}-{names[method]}"
-        train = {td3.context_label(c) for c in ck["split"]["train"]}
+        train = {tasks.context_label(c) for c in ck["split"]["train"]}
         # zero-shot: --samples policies per context from a generative source, one from a deterministic source;
         # a behaviour-conditioned generator (MetaWorld) is conditioned on the task's expert demonstration
         conditions = demo_conditions(task, contexts, by_label, args.seed, device) if ck.get("condition") == "behaviour" else None
@@ -409,4 +411,4 @@ def format_table(summary: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    td3.cli(main, Args)
+    tasks.cli(main, Args)

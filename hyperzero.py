@@ -29,8 +29,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import tasks
 import td3
-from td3 import UserError
+from tasks import UserError
 
 FORMAT = "cleanhyper-hyperzero-v1"
 
@@ -94,8 +95,9 @@ class Args:
     code uses raw Q*, whose offset (~-150 on cheetah-vel) a small learning rate needs many steps to reach"""
     device: str = "auto"
     """'auto' (cuda when present), 'cpu' or 'cuda'"""
-    torch_threads: int = 1
-    """CPU threads for torch"""
+    torch_threads: int = 0
+    """CPU threads for torch (0: torch's default, one per core: fastest for one run alone; give 1 to each of several
+    runs sharing the cores)"""
     log_interval: int = 500
     """print train and held-out losses every this many steps"""
 
@@ -257,13 +259,13 @@ def load_rollouts(path) -> tuple[dict, dict[str, np.ndarray]]:
 def split_contexts(man: dict, test_specs, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Context ids (manifest order) -> train, test. Named test contexts, else a seeded shuffle, as the released code's
     utils/dataset.py (docs/reference_code.md#hyperzero-split-and-evaluation)."""
-    labels = [td3.context_label(c) for c in man["contexts"]]
+    labels = [tasks.context_label(c) for c in man["contexts"]]
     if test_specs:
         test = []
-        for ctx in td3.parse_contexts(man["task"], test_specs):
-            if td3.context_label(ctx) not in labels:
-                raise UserError(f"test context {td3.context_label(ctx)} is not in the rollouts; they have: {', '.join(labels)}")
-            test.append(labels.index(td3.context_label(ctx)))
+        for ctx in tasks.parse_contexts(man["task"], test_specs):
+            if tasks.context_label(ctx) not in labels:
+                raise UserError(f"test context {tasks.context_label(ctx)} is not in the rollouts; they have: {', '.join(labels)}")
+            test.append(labels.index(tasks.context_label(ctx)))
     else:
         if not 0 <= fraction < 1:
             raise UserError(f"--test-fraction must be in [0, 1), got {fraction}")
@@ -399,7 +401,7 @@ def main(args: Args) -> dict:
     device = td3.resolve_device(args.device)
     man, arr = load_rollouts(args.rollouts)
     train, test = split_contexts(man, args.test_contexts, args.test_fraction, args.seed)
-    ctx_label = lambda ids: [td3.context_label(man["contexts"][i]) for i in ids]
+    ctx_label = lambda ids: [tasks.context_label(man["contexts"][i]) for i in ids]
     print(f"split: train {ctx_label(train)}  test {ctx_label(test)}")
     if args.batch_size < 1 or args.batch_contexts < 1 or args.steps < 1:
         raise UserError("need --batch-size, --batch-contexts and --steps >= 1")
@@ -476,4 +478,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    td3.cli(main, Args)
+    tasks.cli(main, Args)

@@ -28,7 +28,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import hyplatent
-from td3 import UserError, atomic_save, cli, context_label, resolve_device, safe_load, unflatten_layers
+from tasks import UserError, cli, context_label
+from td3 import atomic_save, resolve_device, safe_load, unflatten_layers
 
 FORMAT = "cleanhyper-hypformer-v1"
 
@@ -69,8 +70,9 @@ class Args:
     """eq. 7's error: 'smooth-l1' (released code, beta 1) or 'mse' (the paper's squared error)"""
     device: str = "auto"
     """'auto' (cuda when present), 'cpu' or 'cuda'; runs are deterministic on CPU"""
-    torch_threads: int = 1
-    """CPU threads for torch"""
+    torch_threads: int = 0
+    """CPU threads for torch (0: torch's default, one per core: fastest for one run alone; give 1 to each of several
+    runs sharing the cores)"""
     log_interval: int = 500
     """print progress every this many updates"""
 
@@ -149,7 +151,8 @@ def generate_policies(ckpt: dict, contexts: list, n: int = 1, seed: int = 0, dev
 
 def main(args: Args) -> dict:
     torch.manual_seed(args.seed)
-    torch.set_num_threads(args.torch_threads)
+    if args.torch_threads:  # 0: torch's default
+        torch.set_num_threads(args.torch_threads)
     device, t0 = resolve_device(args.device), time.time()
     if args.residue_loss not in ("smooth-l1", "mse"):
         raise UserError(f"--residue-loss must be smooth-l1 or mse, not '{args.residue_loss}'")

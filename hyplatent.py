@@ -96,8 +96,9 @@ class Args:
     """dropout in the generator blocks (released 0.1)"""
     device: str = "auto"
     """'auto' (cuda when present), 'cpu' or 'cuda'; runs are deterministic on CPU"""
-    torch_threads: int = 1
-    """CPU threads for torch"""
+    torch_threads: int = 0
+    """CPU threads for torch (0: torch's default, one per core: fastest for one run alone; give 1 to each of several
+    runs sharing the cores)"""
     log_interval: int = 500
     """print progress every this many updates"""
 
@@ -444,7 +445,8 @@ def plot_latent_pca(ckpt: dict, data_dir, path, per_context: int = 200) -> None:
 
 def main(args: Args) -> dict:
     torch.manual_seed(args.seed)
-    torch.set_num_threads(args.torch_threads)
+    if args.torch_threads:  # 0: torch's default
+        torch.set_num_threads(args.torch_threads)
     dev, t_start = resolve_device(args.device), time.time()
     data = load_data(args.data)
     labels = [context_label(c) for c in data["contexts"]]

@@ -26,9 +26,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
+import tasks
 import td3
 from hyperzero import CondMLP, checkpoint_contexts, context_major, fit, heldout_bc, load_rollouts, split_contexts
-from td3 import UserError
+from tasks import UserError
 
 FORMAT = "cleanhyper-meta-v1"
 MODELS = ("maml", "pearl")
@@ -60,8 +61,9 @@ class Args:
     """maml: standardise contexts with the training contexts' mean/std (the released code feeds raw values)"""
     device: str = "auto"
     """'auto' (cuda when present), 'cpu' or 'cuda'"""
-    torch_threads: int = 1
-    """CPU threads for torch"""
+    torch_threads: int = 0
+    """CPU threads for torch (0: torch's default, one per core: fastest for one run alone; give 1 to each of several
+    runs sharing the cores)"""
     log_interval: int = 500
     """print train and held-out losses every this many steps (held-out BC is zero-shot: no adaptation)"""
     meta_batch: int = 8
@@ -256,7 +258,7 @@ def main(args: Args) -> dict:
     device = td3.resolve_device(args.device)
     man, arr = load_rollouts(args.rollouts)
     train, test = split_contexts(man, args.test_contexts, args.test_fraction, args.seed)
-    ctx_label = lambda ids: [td3.context_label(man["contexts"][i]) for i in ids]
+    ctx_label = lambda ids: [tasks.context_label(man["contexts"][i]) for i in ids]
     print(f"split: train {ctx_label(train)}  test {ctx_label(test)}")
     if args.steps < 1 or min(args.meta_batch, args.support_size, args.query_size, args.latent_dim) < 1 or args.inner_steps < 0:
         raise UserError("need --meta-batch, --support-size, --query-size, --latent-dim, --steps >= 1 and --inner-steps >= 0")
@@ -325,4 +327,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    td3.cli(main, Args)
+    tasks.cli(main, Args)

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import collect
+import tasks
 import td3
-from td3 import UserError
+from tasks import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = {"obs": 2, "action": 2, "reward": 1, "next_obs": 2, "terminated": 1, "q": 1, "context": 2, "context_id": 1, "episode": 1}
@@ -148,7 +149,7 @@ def test_behaviour_features_success_rule_and_padding():
 
 def test_metaworld_success_and_empty_context(tmp_path):
     # a random metaworld actor: context vector of size 0, success flags recorded (not NaN)
-    env = td3.make_env("metaworld", {"env_name": "reach-v3", "goal_seed": 1})
+    env = tasks.make_env("metaworld", {"env_name": "reach-v3", "goal_seed": 1})
     S, A = env.observation_space.shape[0], env.action_space.shape[0]
     torch.manual_seed(0)
     flat = lambda sizes: [t[0] for W_b in td3.init_layers(1, sizes) for t in W_b]

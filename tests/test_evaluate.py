@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import evaluate
+import tasks
 import td3
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +38,7 @@ def test_experts_only_rows_and_normalisation(tiny_experts, tmp_path):
 
 
 def test_random_baseline_is_seeded_and_near_zero_velocity():
-    (ctx,) = td3.parse_contexts("cheetah-vel", ["2.0"])
+    (ctx,) = tasks.parse_contexts("cheetah-vel", ["2.0"])
     a = td3.evaluate_policy("cheetah-vel", ctx, None, 2, 5)  # layers None: uniform-random actions
     b = td3.evaluate_policy("cheetah-vel", ctx, None, 2, 5)
     assert a == b and a["returns"][0] != a["returns"][1]
@@ -117,7 +118,7 @@ def test_mixed_tasks_refused(tiny_experts, tmp_path):
     for f in Path(tiny_experts).glob("expert_*.pt"):
         (mixed / f.name).write_bytes(f.read_bytes())
     torch.save({**e, "task": "cheetah-run", "label": "speed_2_length_0.5"}, mixed / "expert_speed_2_length_0.5.pt")
-    with pytest.raises(td3.UserError, match="different tasks"):
+    with pytest.raises(tasks.UserError, match="different tasks"):
         evaluate.main(evaluate.Args(experts=str(mixed), out_dir=str(tmp_path / "x")))
 
 

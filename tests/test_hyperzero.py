@@ -15,7 +15,7 @@ import collect
 import hyperzero
 import td3
 from synthetic import M0, M1, A, S, write_linear_rollouts
-from td3 import UserError
+from tasks import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 

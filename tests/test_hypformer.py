@@ -9,8 +9,9 @@ import torch.nn.functional as F
 
 import hypformer
 import hyplatent
+import tasks
 import td3
-from td3 import UserError
+from tasks import UserError
 from test_hyplatent import mw_data, tiny_args, vel_data
 
 
@@ -72,7 +73,7 @@ def test_main_checkpoint_stands_alone_and_generates_deterministically(tmp_path):
     shutil.rmtree(tmp_path / "hl")  # the HypFormer file carries everything generation needs
     ck = hypformer.load_checkpoint(tmp_path / "hf")
     assert ck["split"]["test"] == [{"goal": 2.5}] and ck["condition"] == "context" and ck["task"] == "cheetah-vel"
-    contexts = td3.parse_contexts("cheetah-vel", ["0.5", "2.5", "3.0"])
+    contexts = tasks.parse_contexts("cheetah-vel", ["0.5", "2.5", "3.0"])
     layers = hypformer.generate_policies(ck, contexts, n=2, seed=1)
     assert [tuple(W.shape) for W, _ in layers] == [(6, 17, 8), (6, 8, 8), (6, 8, 6)]
     assert [tuple(b.shape) for _, b in layers] == [(6, 1, 8), (6, 1, 8), (6, 1, 6)]

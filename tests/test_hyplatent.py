@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import hyplatent
+import tasks
 import td3
-from td3 import UserError
+from tasks import UserError
 
 
 # ---------------------------------------------------------------------------------------------
@@ -28,7 +29,7 @@ def write_behaviour_data(root, task, contexts, sizes, params, context_id, traj=N
     arrays = {
         "params": params,
         "param_context_id": context_id,
-        "param_context": np.asarray([td3.context_vector(contexts[i]) for i in context_id], dtype=np.float32).reshape(
+        "param_context": np.asarray([tasks.context_vector(contexts[i]) for i in context_id], dtype=np.float32).reshape(
             m, len(names)
         ),
         "param_step": np.arange(m, dtype=np.int64),
@@ -55,7 +56,7 @@ def tiny_args(tmp_path, data, **kw):
 
 def vel_data(tmp_path, sizes=(17, 8, 8, 6), per=10, seed=0):
     """Synthetic Cheetah-Vel behaviour data: 3 goals, `per` random actors each (context-specific offsets)."""
-    contexts = td3.parse_contexts("cheetah-vel", ["0.5", "1.5", "2.5"])
+    contexts = tasks.parse_contexts("cheetah-vel", ["0.5", "1.5", "2.5"])
     g = torch.Generator().manual_seed(seed)
     cid = np.repeat(np.arange(3), per)
     base = torch.randn(3, td3.n_params(list(sizes)), generator=g) * 0.3
@@ -197,7 +198,7 @@ def test_main_checkpoint_generates_policies_deterministically(tmp_path):
     assert raw["format"] == ck["format"] == "cleanhyper-hyplatent-v1" and ck["condition"] == "context" and ck["noise_dim"] == 4
     assert ck["split"] == {"train": [{"goal": 0.5}, {"goal": 2.5}], "test": [{"goal": 1.5}]}
     assert ck["policy_sizes"] == [17, 8, 8, 6] and ck["embedding"] is None
-    contexts = td3.parse_contexts("cheetah-vel", ["0.5", "1.5", "3.0"])
+    contexts = tasks.parse_contexts("cheetah-vel", ["0.5", "1.5", "3.0"])
     layers = hyplatent.generate_policies(ck, contexts, n=2, seed=3)
     assert [tuple(W.shape) for W, _ in layers] == [(6, 17, 8), (6, 8, 8), (6, 8, 6)]
     assert [tuple(b.shape) for _, b in layers] == [(6, 1, 8), (6, 1, 8), (6, 1, 6)]

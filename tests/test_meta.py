@@ -12,9 +12,10 @@ import collect
 import evaluate
 import hyperzero
 import meta
+import tasks
 import td3
 from synthetic import A, S, write_linear_rollouts
-from td3 import UserError
+from tasks import UserError
 
 torch.set_num_threads(1)  # as every stage's --torch-threads: small nets, and 2 threads fight on a shared CPU
 
@@ -277,5 +278,5 @@ def test_evaluate_adds_adapted_rows(tiny_experts, tmp_path, capsys):
         np.testing.assert_allclose(
             td3.mlp(td3.expert_layers(e), torch.from_numpy(tr["obs"])[None])[0].numpy(), tr["action"], atol=1e-6
         )
-    first = td3.rollout(td3.make_env("cheetah-vel", e["context"], 1), td3.expert_layers(e), 1)  # evaluation episode 0
+    first = td3.rollout(tasks.make_env("cheetah-vel", e["context"], 1), td3.expert_layers(e), 1)  # evaluation episode 0
     assert not np.allclose(first["states"][0], tr["obs"][0])
