@@ -157,34 +157,32 @@ def tensors(layers) -> list[torch.Tensor]:
 # TD3 over K contexts
 # ---------------------------------------------------------------------------------------------
 class TD3:
-    """K independent TD3 learners as one: actor, twin critics Q1 and Q2 (on cat[s, a]), their targets and the Adam
-    states, each network a list of layers (W [K, in, out], b [K, 1, out])."""
+    """K independent TD3 learners as one: the actor, the twin critics Q1 and Q2 (on cat[s, a]), their targets and Adam
+    states. Each network is a list of layers (W, b); the actor's W is [K, in, out], the critic's carries the twin first,
+    W [2, K, in, out] (W[0] is Q1's, W[1] Q2's), so that both twins run as one batched matmul (twin_q)."""
 
     def __init__(self, k, obs_dim, act_dim, hidden, lr, device, shared: bool = False):
         self.k = k
         n = 1 if shared else k  # shared: one draw, repeated over the contexts (Q1 and Q2 still differ)
         actor = init_layers(n, layer_sizes(obs_dim, hidden, act_dim), device)
-        twins = init_layers(2 * n, layer_sizes(obs_dim + act_dim, hidden, 1), device)  # one draw: Q1 of every context, then Q2
-        q1, q2 = [(W[:n], b[:n]) for W, b in twins], [(W[n:], b[n:]) for W, b in twins]
+        critic = init_layers(2 * n, layer_sizes(obs_dim + act_dim, hidden, 1), device)  # Q1 of every context, then Q2
+        critic = [(W.unflatten(0, (2, n)), b.unflatten(0, (2, n))) for W, b in critic]  # [2n, ...] -> [twin, n, ...]
         if shared:
-            actor, q1, q2 = ([(W.repeat(k, 1, 1), b.repeat(k, 1, 1)) for W, b in net] for net in (actor, q1, q2))
-        self.actor, self.q1, self.q2 = (
-            [(W.clone().requires_grad_(), b.clone().requires_grad_()) for W, b in net] for net in (actor, q1, q2)
-        )
-        self.actor_t, self.q1_t, self.q2_t = (
-            [(W.detach().clone(), b.detach().clone()) for W, b in net] for net in (actor, q1, q2)
-        )
+            actor = [(W.repeat(k, 1, 1), b.repeat(k, 1, 1)) for W, b in actor]
+            critic = [(W.repeat(1, k, 1, 1), b.repeat(1, k, 1, 1)) for W, b in critic]
+        self.actor = [(W.requires_grad_(), b.requires_grad_()) for W, b in actor]
+        self.critic = [(W.requires_grad_(), b.requires_grad_()) for W, b in critic]
+        self.actor_t = [(W.detach().clone(), b.detach().clone()) for W, b in actor]
+        self.critic_t = [(W.detach().clone(), b.detach().clone()) for W, b in critic]
         self.actor_opt = torch.optim.Adam(tensors(self.actor), lr=lr)
-        self.critic_opt = torch.optim.Adam(tensors(self.q1) + tensors(self.q2), lr=lr)
+        self.critic_opt = torch.optim.Adam(tensors(self.critic), lr=lr)
 
-    def twin_q(self, q1, q2, obs, act) -> tuple[torch.Tensor, torch.Tensor]:
-        """(Q1(s, a), Q2(s, a)), each [K, B], for obs [K, B, S] and act [K, B, A]. Both twins go through one batched
-        matmul per layer (2K weights): half the kernel launches of two calls, and at K = 1 a lone [1, 256, 1] last
-        layer would take another matmul path whose last bits differ from the batched one."""
+    def twin_q(self, critic, obs, act) -> torch.Tensor:
+        """Q1(s, a) and Q2(s, a) as q [2, K, B] (q[0] is Q1), for obs [K, B, S] and act [K, B, A]: both twins in one
+        batched matmul per layer, their weights viewed as 2K sets (no copy)."""
         x = torch.cat([obs, act], -1).repeat(2, 1, 1)  # [2K, B, S + A]
-        both = [(torch.cat([W1, W2]), torch.cat([b1, b2])) for (W1, b1), (W2, b2) in zip(q1, q2)]
-        q = mlp(both, x, None).squeeze(-1)  # [2K, B]: Q1 of every context, then Q2
-        return q[: self.k], q[self.k :]
+        q = mlp([(W.flatten(0, 1), b.flatten(0, 1)) for W, b in critic], x, None)  # [2K, B, 1]
+        return q.view(2, self.k, -1)
 
     def update(self, batch, update_actor: bool, *, gamma, tau, policy_noise, noise_clip, noise=None) -> dict:
         """One TD3 step for all K contexts. batch: obs [K,B,S], act [K,B,A], rew [K,B], next_obs, done [K,B]."""
@@ -194,24 +192,24 @@ class TD3:
                 noise = torch.randn_like(act) * policy_noise
             noise = noise.clamp(-noise_clip, noise_clip)
             next_act = (mlp(self.actor_t, next_obs) + noise).clamp(-1, 1)
-            q1_next, q2_next = self.twin_q(self.q1_t, self.q2_t, next_obs, next_act)
+            q1_next, q2_next = self.twin_q(self.critic_t, next_obs, next_act)
             y = rew + gamma * (1 - done) * torch.minimum(q1_next, q2_next)  # done = terminated only: truncation bootstraps
-        q1, q2 = self.twin_q(self.q1, self.q2, obs, act)
-        # per (twin, context) mean over the batch, summed: each context's gradient is its own run's
-        critic_loss = torch.cat([((q1 - y) ** 2).mean(1), ((q2 - y) ** 2).mean(1)]).sum()
+        q = self.twin_q(self.critic, obs, act)  # [2, K, B]: Q1, Q2
+        # the MSE of Q1 and of Q2 per context (mean over its batch), summed: each context's gradient is its own run's
+        critic_loss = ((q - y) ** 2).mean(-1).sum()
         self.critic_opt.zero_grad()
         critic_loss.backward()
         self.critic_opt.step()
         out = {"qf_loss": critic_loss.item() / self.k}
         if update_actor:
-            q1_pi, _ = self.twin_q(self.q1, self.q2, obs, mlp(self.actor, obs))
+            q1_pi = self.twin_q(self.critic, obs, mlp(self.actor, obs))[0]  # the actor ascends Q1
             actor_loss = -q1_pi.mean(1).sum()
             self.actor_opt.zero_grad()
             actor_loss.backward()
             self.actor_opt.step()
             with torch.no_grad():
-                online = [t.detach() for t in tensors(self.actor) + tensors(self.q1) + tensors(self.q2)]
-                torch._foreach_lerp_(tensors(self.actor_t) + tensors(self.q1_t) + tensors(self.q2_t), online, tau)
+                online = [t.detach() for t in tensors(self.actor) + tensors(self.critic)]
+                torch._foreach_lerp_(tensors(self.actor_t) + tensors(self.critic_t), online, tau)
             out["actor_loss"] = actor_loss.item() / self.k
         return out
 
@@ -220,12 +218,17 @@ class TD3:
         return [(W[i : i + 1].detach(), b[i : i + 1].detach()) for W, b in self.actor]
 
     def expert_weights(self, i: int) -> dict:
-        """Context i's actor and twin critics as CPU copies [W0, b0, W1, b1, ...]: the expert file's tensors."""
-        copy = lambda net: [t[i].detach().cpu().clone() for t in tensors(net)]  # noqa: E731
-        return {"actor": copy(self.actor), "critic1": copy(self.q1), "critic2": copy(self.q2)}
+        """Context i's actor, Q1 and Q2 as CPU copies [W0, b0, W1, b1, ...]: the expert file's tensors."""
+        copy = lambda ts: [t.detach().cpu().clone() for t in ts]  # noqa: E731
+        critic = tensors(self.critic)
+        return {
+            "actor": copy(t[i] for t in tensors(self.actor)),
+            "critic1": copy(t[0, i] for t in critic),
+            "critic2": copy(t[1, i] for t in critic),
+        }
 
     def networks(self) -> dict:
-        return {"actor": self.actor, "q1": self.q1, "q2": self.q2, "actor_t": self.actor_t, "q1_t": self.q1_t, "q2_t": self.q2_t}
+        return {"actor": self.actor, "critic": self.critic, "actor_t": self.actor_t, "critic_t": self.critic_t}
 
     def state(self) -> dict:
         nets = {name: [[W.detach().cpu(), b.detach().cpu()] for W, b in net] for name, net in self.networks().items()}
@@ -428,6 +431,7 @@ class RunState:
     snapshots: list = field(default_factory=list)  # per context: flat actors [P] taken along training
     snapshot_steps: list = field(default_factory=list)
     best: list = field(default_factory=list)  # --keep-best, per context: {"score", "step", "eval", "actor", "critic1", "critic2"}
+    AS_IS = ("step", "episode", "last_ckpt", "rows", "last_eval", "snapshot_steps", "best")  # checkpointed unchanged
 
     def __post_init__(self):
         self.snapshots = self.snapshots or [[] for _ in range(self.agent.k)]
@@ -442,26 +446,43 @@ class RunState:
 
     def save(self, path, args: dict) -> None:
         ck = {"format": CHECKPOINT_FORMAT, "args": args, "agent": self.agent.state(), "replay": self.replay.state()}
-        ck |= {f: getattr(self, f) for f in ("step", "episode", "last_ckpt", "rows", "last_eval", "snapshot_steps", "best")}
+        ck |= {f: getattr(self, f) for f in self.AS_IS}
         ck["snapshots"] = [torch.stack(s) if s else torch.zeros(0) for s in self.snapshots]
         atomic_save(ck | {"rng": torch.get_rng_state()}, path)
 
     def load(self, path, args: dict) -> None:
         """Continue from a checkpoint of the same run: every flag outside RESUMABLE must match."""
         ck = safe_load(path)
-        if ck.get("format") != CHECKPOINT_FORMAT:
-            raise UserError(
-                f"cannot resume {path}: written by an older td3.py whose checkpoints this one cannot read; rerun without --resume"
-            )
+        if not isinstance(ck, dict) or "agent" not in ck:
+            raise UserError(f"cannot resume {path}: not a checkpoint written by td3.py")
+        ck = ck if "format" in ck else from_flat_checkpoint(ck)
+        if ck["format"] != CHECKPOINT_FORMAT:
+            raise UserError(f"cannot resume {path}: its format is {ck['format']!r}, this td3.py reads {CHECKPOINT_FORMAT!r}")
         diff = {f for f, v in ck["args"].items() if f not in RESUMABLE and json.dumps(v) != json.dumps(args.get(f))}
         if diff:
             raise UserError(f"cannot resume {path}: flags differ from the checkpointed run: {', '.join(sorted(diff))}")
         self.agent.load(ck["agent"])
         self.replay.load(ck["replay"])
-        for f in ("step", "episode", "last_ckpt", "rows", "last_eval", "snapshot_steps", "best"):
+        for f in self.AS_IS:
             setattr(self, f, ck[f])
         self.snapshots = [list(s) for s in ck["snapshots"]]
         torch.set_rng_state(ck["rng"])
+
+
+def from_flat_checkpoint(ck: dict) -> dict:
+    """A checkpoint of the td3.py before RunState (networks as flat [W0, b0, W1, ...] lists, the twin critics stacked
+    as [2K, ...], no "best" before --keep-best) in today's layout, so that runs started then still resume."""
+    pairs = lambda ts: [list(ts[i : i + 2]) for i in range(0, len(ts), 2)]  # noqa: E731
+    twin = lambda t: t.unflatten(0, (2, -1))  # noqa: E731  [2K, ...] -> [twin, K, ...]
+    old = ck["agent"]
+    agent = {
+        name: pairs([twin(t) if name.startswith("critic") else t for t in old[name]])
+        for name in ("actor", "critic", "actor_t", "critic_t")
+    }
+    for moments in old["critic_opt"]["state"].values():
+        moments["exp_avg"], moments["exp_avg_sq"] = twin(moments["exp_avg"]), twin(moments["exp_avg_sq"])
+    agent |= {"actor_opt": old["actor_opt"], "critic_opt": old["critic_opt"]}
+    return ck | {"format": CHECKPOINT_FORMAT, "agent": agent, "best": ck.get("best", [None] * len(old["actor"][0]))}
 
 
 def evaluate(run: RunState, args: Args, contexts: list[dict], labels: list[str]) -> None:

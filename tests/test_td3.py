@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import td3
-from tasks import parse_contexts
+from tasks import UserError, parse_contexts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,12 +50,17 @@ def test_mlp_equals_nn_sequential_and_flatten_round_trip():
     # documented flat order: layer 0's W row-major, then its bias
     assert flat[1, 0] == layers[0][0][1, 0, 0] and flat[1, 1] == layers[0][0][1, 0, 1]
     assert flat[1, 5 * 8] == layers[0][1][1, 0, 0]
-    with pytest.raises(td3.UserError, match="need"):
+    with pytest.raises(UserError, match="need"):
         td3.unflatten_layers(flat[:, :-1], sizes)
 
 
+def one_context(name: str, t: torch.Tensor, k: int) -> torch.Tensor:
+    """Context k of a batched TD3 tensor: actor tensors are [K, ...], critic tensors [twin, K, ...] (Q1 first)."""
+    return t[:, k : k + 1] if name.startswith("critic") else t[k : k + 1]
+
+
 def test_batched_update_equals_separate_updates():
-    """K contexts in one TD3 equal K single-context TD3s: actor, Q1, Q2, their targets and the Adam states."""
+    """K contexts in one TD3 equal K single-context TD3s: actor, Q1 and Q2, their targets and the Adam states."""
     torch.manual_seed(0)
     K, B, S, A = 3, 16, 5, 2
     hyper = {"gamma": 0.99, "tau": 0.05, "policy_noise": 0.2, "noise_clip": 0.5}
@@ -63,10 +68,9 @@ def test_batched_update_equals_separate_updates():
     singles = [td3.TD3(1, S, A, (8, 8), 1e-3, "cpu") for _ in range(K)]
     with torch.no_grad():
         for k, one in enumerate(singles):
-            for name, net in one.networks().items():  # actor, q1, q2, actor_t, q1_t, q2_t
-                for (W, b), (W_big, b_big) in zip(net, big.networks()[name]):
-                    W.copy_(W_big[k : k + 1])
-                    b.copy_(b_big[k : k + 1])
+            for name, net in one.networks().items():  # actor, critic, actor_t, critic_t
+                for t, t_big in zip(td3.tensors(net), td3.tensors(big.networks()[name])):
+                    t.copy_(one_context(name, t_big, k))
     for it in range(4):
         batch = (
             torch.randn(K, B, S),
@@ -81,15 +85,13 @@ def test_batched_update_equals_separate_updates():
             one.update(tuple(t[k : k + 1] for t in batch), it % 2 == 1, **hyper, noise=noise[k : k + 1])
     for k, one in enumerate(singles):
         for name, net in one.networks().items():
-            for (W, b), (W_big, b_big) in zip(net, big.networks()[name]):
-                torch.testing.assert_close(W_big[k : k + 1].detach(), W.detach(), rtol=1e-5, atol=1e-6)
-                torch.testing.assert_close(b_big[k : k + 1].detach(), b.detach(), rtol=1e-5, atol=1e-6)
-        for opt_big, opt_one in ((big.actor_opt, one.actor_opt), (big.critic_opt, one.critic_opt)):
+            for t, t_big in zip(td3.tensors(net), td3.tensors(big.networks()[name])):
+                torch.testing.assert_close(one_context(name, t_big, k).detach(), t.detach(), rtol=1e-5, atol=1e-6)
+        for name, opt_big, opt_one in (("actor", big.actor_opt, one.actor_opt), ("critic", big.critic_opt, one.critic_opt)):
             for p_big, p_one in zip(opt_big.param_groups[0]["params"], opt_one.param_groups[0]["params"]):
                 for key in ("exp_avg", "exp_avg_sq"):
-                    torch.testing.assert_close(
-                        opt_big.state[p_big][key][k : k + 1], opt_one.state[p_one][key], rtol=1e-5, atol=1e-7
-                    )
+                    got = one_context(name, opt_big.state[p_big][key], k)
+                    torch.testing.assert_close(got, opt_one.state[p_one][key], rtol=1e-5, atol=1e-7)
                 assert float(opt_big.state[p_big]["step"]) == float(opt_one.state[p_one]["step"])
 
 
@@ -160,9 +162,28 @@ def test_resume_reaches_the_same_state(tmp_path, tiny_args, keep_best):
     ck_part = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)
     assert torch.equal(ck_full["replay"]["obs"], ck_part["replay"]["obs"])
     assert [r["episodic_return"] for r in ck_full["rows"]] == [r["episodic_return"] for r in ck_part["rows"]]
-    for name in ("actor", "q1", "q2", "actor_t", "q1_t", "q2_t"):  # the whole agent, targets included
+    for name in ("actor", "critic", "actor_t", "critic_t"):  # the whole agent, targets included
         assert all(torch.equal(a, b) for la, lb in zip(ck_full["agent"][name], ck_part["agent"][name]) for a, b in zip(la, lb))
     assert torch.equal(ck_full["rng"], ck_part["rng"]) and ck_full["episode"] == ck_part["episode"]
+
+
+def test_resume_from_a_checkpoint_of_the_flat_layout(tmp_path, tiny_args):
+    """Checkpoints written before RunState (flat [W0, b0, ...] lists, twin critics stacked as [2K, ...], no "best")
+    resume to the same run."""
+    full = td3.main(tiny_args(tmp_path / "full", total_timesteps=800))
+    td3.main(tiny_args(tmp_path / "part", total_timesteps=400))
+    ck = td3.safe_load(tmp_path / "part" / "checkpoint.pt")
+    agent = ck["agent"]
+    for name in ("actor", "critic", "actor_t", "critic_t"):
+        agent[name] = [t.flatten(0, 1) if name.startswith("critic") else t for layer in agent[name] for t in layer]
+    for moments in agent["critic_opt"]["state"].values():
+        moments["exp_avg"], moments["exp_avg_sq"] = moments["exp_avg"].flatten(0, 1), moments["exp_avg_sq"].flatten(0, 1)
+    td3.atomic_save({f: v for f, v in ck.items() if f not in ("format", "best")}, tmp_path / "part" / "checkpoint.pt")
+    part = td3.main(tiny_args(tmp_path / "part", total_timesteps=800, resume=True))
+    for f_full, f_part in zip(full["experts"], part["experts"]):
+        x, y = torch.load(f_full, weights_only=True), torch.load(f_part, weights_only=True)
+        for key in ("actor", "critic1", "critic2"):
+            assert all(torch.equal(a, b) for a, b in zip(x[key], y[key])), key
 
 
 # ---------------------------------------------------------------------------------------------- bad input
@@ -196,17 +217,13 @@ def test_cli_corrupt_and_incompatible_resume(tmp_path, tiny_args):
     common += ["--contexts", "0.5", "2.0", "--out-dir", str(run), "--resume", "--eval-interval", "0"]
     r = run_cli(*common, "--gamma", "0.9", "--checkpoint-interval", "200")
     assert r.returncode == 2 and "flags differ from the checkpointed run: gamma" in r.stderr and "Traceback" not in r.stderr
-    # a checkpoint of the td3.py before the run state was one object (no format; twins stacked as 2K) is refused
-    old = td3.safe_load(run / "checkpoint.pt")
-    del old["format"]
-    stacked = lambda nets: [torch.cat([t1, t2]) for l1, l2 in zip(*nets) for t1, t2 in zip(l1, l2)]  # noqa: E731
-    old["agent"] = {
-        "actor": [t for layer in old["agent"]["actor"] for t in layer],
-        "critic": stacked([old["agent"]["q1"], old["agent"]["q2"]]),
-    }
-    td3.atomic_save(old, run / "checkpoint.pt")
+    td3.atomic_save(td3.safe_load(run / "checkpoint.pt") | {"format": "cleanhyper-td3-checkpoint-v9"}, run / "checkpoint.pt")
     r = run_cli(*common, "--checkpoint-interval", "200")
-    assert r.returncode == 2 and "written by an older td3.py" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert (
+        r.returncode == 2
+        and "its format is 'cleanhyper-td3-checkpoint-v9'" in r.stderr
+        and len(r.stderr.strip().splitlines()) == 1
+    )
     (run / "checkpoint.pt").write_bytes(good[: len(good) // 2])  # truncated
     r = run_cli(*common, "--checkpoint-interval", "200")
     assert r.returncode == 2 and "cannot load" in r.stderr and "checkpoint.pt" in r.stderr and "Traceback" not in r.stderr
@@ -232,10 +249,11 @@ def test_atomic_save_permissions_and_no_partial_file(tmp_path):
 def test_shared_init_starts_every_context_from_one_draw():
     torch.manual_seed(0)
     shared = td3.TD3(3, 5, 2, (8, 8), 1e-3, "cpu", shared=True)
-    for layer in shared.actor + shared.q1 + shared.q2:  # the contexts share
-        for t in layer:
-            assert torch.equal(t[0], t[1]) and torch.equal(t[0], t[2])
-    assert not torch.equal(shared.q1[0][0], shared.q2[0][0])  # the twins differ
+    for t in td3.tensors(shared.actor):  # [K, ...]: the contexts share
+        assert torch.equal(t[0], t[1]) and torch.equal(t[0], t[2])
+    for q1, q2 in td3.tensors(shared.critic):  # [twin, K, ...]: the contexts share, Q1 and Q2 differ
+        assert torch.equal(q1[0], q1[1]) and torch.equal(q1[0], q1[2]) and torch.equal(q2[0], q2[2])
+        assert not torch.equal(q1[0], q2[0])
     torch.manual_seed(0)
     separate = td3.TD3(3, 5, 2, (8, 8), 1e-3, "cpu")
     assert not torch.equal(separate.actor[0][0][0], separate.actor[0][0][1])
