@@ -16,10 +16,11 @@ train on our contexts (keyword arguments are the context, checked as on the comm
     import gymnasium as gym, tasks
     env = gym.make("cleanhyper/cheetah-run", speed=2.5, length=0.42)
 
-They pass gymnasium.utils.env_checker.check_env (with warnings: unbounded observation spaces, a wrapped env) and
-env.spec.make() rebuilds them. MetaWorld's own environments do not pass check_env upstream: the first observation of
-reset is outside MetaWorld's declared observation space (MetaWorld 3.0, e.g. gym.make("Meta-World/MT1",
-env_name="reach-v3")); tests/test_tasks.py documents it. We use MetaWorld as it is and do not register it.
+They pass gymnasium.utils.env_checker.check_env (with warnings: unbounded observation spaces, a wrapped env; its
+render check needs a GL library) and env.spec.make() rebuilds them, as vector environments need. MetaWorld's own
+environments do not pass check_env upstream: the first observation of reset is outside MetaWorld's declared
+observation space (MetaWorld 3.1.1, e.g. gym.make("Meta-World/MT1", env_name="reach-v3")); tests/test_tasks.py
+documents it. We use MetaWorld as it is and do not register it.
 
 `make_env` is what every stage calls; `UserError` and `cli` are every stage's error type and entry point.
 """

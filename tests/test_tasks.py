@@ -181,7 +181,7 @@ def test_registered_kwargs_are_checked_and_vector_envs_work():
 
 
 def test_metaworld_itself_fails_check_env_upstream():
-    """MetaWorld 3.0's reset returns an observation outside its own observation space, so Gymnasium's check_env fails
+    """MetaWorld 3.1.1's reset returns an observation outside its own observation space, so Gymnasium's check_env fails
     on MetaWorld's own environment (tasks.py says so). If this test fails, upstream fixed it: update tasks.py."""
     import metaworld  # noqa: F401  (registers Meta-World/)
 
