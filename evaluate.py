@@ -258,10 +258,10 @@ def main(args: Args) -> dict:
     sources = [load_source(p) for p in args.policies]  # (checkpoint, module)
     if not experts and not sources:
         raise UserError("nothing to evaluate: give --experts and/or --policies")
-    tasks = {e["task"] for e in experts} | {ck["task"] for ck, _ in sources}
-    if len(tasks) != 1:
-        raise UserError(f"experts and policies come from different tasks: {sorted(tasks)}")
-    task = tasks.pop()
+    task_names = {e["task"] for e in experts} | {ck["task"] for ck, _ in sources}
+    if len(task_names) != 1:
+        raise UserError(f"experts and policies come from different tasks: {sorted(task_names)}")
+    task = task_names.pop()
     dims = {(e["obs_dim"], e["act_dim"]) for e in experts} | {(ck["obs_dim"], ck["act_dim"]) for ck, _ in sources}
     if len(dims) != 1:
         raise UserError(f"observation/action sizes differ between experts and policies: {sorted(dims)}")
