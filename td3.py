@@ -21,6 +21,7 @@ import io
 import json
 import math
 import os
+import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -393,9 +394,50 @@ def expert_layers(expert: dict, key: str = "actor", device="cpu"):
 
 
 def resolve_device(name: str) -> torch.device:
+    """--device: 'auto' is cuda when present, else cpu; asking for cuda where there is none is bad input."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name != "cpu" and not re.fullmatch(r"cuda(:\d+)?", name):
+        raise UserError(f"--device {name!r} is not a device; valid: auto, cpu, cuda, cuda:N")
+    if name != "cpu" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device on this machine; use --device auto or cpu")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA devices")
     return torch.device(name)
+
+
+class Tracker:
+    """Scalars to TensorBoard event files in out_dir/tb (`tensorboard --logdir runs`), and with --track also to
+    Weights & Biases (an optional install: pip install wandb), as CleanRL logs them. metrics.csv stays the record."""
+
+    def __init__(self, out_dir, args, track: bool = False, project: str = "cleanhyper", entity: str | None = None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        config = asdict(args)
+        if track:
+            try:
+                import wandb
+            except ImportError:
+                raise UserError("--track logs to Weights & Biases, which is not installed: pip install wandb") from None
+            wandb.init(
+                project=project, entity=entity, config=config, name=Path(out_dir).name, dir=str(out_dir), sync_tensorboard=True
+            )
+        self.writer = SummaryWriter(str(Path(out_dir) / "tb"))
+        self.writer.add_text("args", "|flag|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in config.items()))
+        self.track = track
+
+    def log(self, step: int, **scalars) -> None:
+        """log(step, **{"losses/qf_loss": 0.3, "charts/SPS": 812}); None values are skipped."""
+        for name, value in scalars.items():
+            if value is not None:
+                self.writer.add_scalar(name, float(value), step)
+
+    def close(self) -> None:
+        self.writer.close()
+        if self.track:
+            import wandb
+
+            wandb.finish()
 
 
 # ---------------------------------------------------------------------------------------------
