@@ -12,30 +12,32 @@ META=0
 if [ "${1:-}" = "--meta" ]; then META=1; shift; fi
 OUT=${1:-runs/quickstart}
 PY=${PYTHON:-python}
+# Every stage on one torch thread: two processes share the 2 cores below (the README's numbers were made so).
+stage() { $PY "$@" --torch-threads 1; }
 GOALS="0 0.5 1 1.5 2 2.5 3"
 HELDOUT="1 2"
 T0=$(date +%s)
 
-$PY td3.py --task cheetah-vel --contexts $GOALS --total-timesteps 50000 --learning-starts 2000 --hidden 64 64 \
+stage td3.py --task cheetah-vel --contexts $GOALS --total-timesteps 50000 --learning-starts 2000 --hidden 64 64 \
   --eval-interval 10000 --eval-episodes 3 --snapshot-interval 1000 --snapshot-start 25000 --log-interval 5000 \
   --seed 1 --out-dir "$OUT/experts"
-$PY collect.py --experts "$OUT/experts" --episodes 5 --seed 1 --out-dir "$OUT/rollouts"
+stage collect.py --experts "$OUT/experts" --episodes 5 --seed 1 --out-dir "$OUT/rollouts"
 
 # The two families train side by side, one per core.
-$PY hyperzero.py --rollouts "$OUT/rollouts" --model hyperzero --test-contexts $HELDOUT --steps 2000 --seed 1 \
+stage hyperzero.py --rollouts "$OUT/rollouts" --model hyperzero --test-contexts $HELDOUT --steps 2000 --seed 1 \
   --out-dir "$OUT/hyperzero" &
 (
-  $PY hyperzero.py --rollouts "$OUT/rollouts" --model mlp --test-contexts $HELDOUT --steps 2000 --seed 1 --out-dir "$OUT/mlp"
-  $PY hyplatent.py --data "$OUT/rollouts" --test-contexts $HELDOUT --seed 1 --out-dir "$OUT/hyplatent"
-  $PY hypformer.py --hyplatent "$OUT/hyplatent" --seed 1 --out-dir "$OUT/hypformer"
+  stage hyperzero.py --rollouts "$OUT/rollouts" --model mlp --test-contexts $HELDOUT --steps 2000 --seed 1 --out-dir "$OUT/mlp"
+  stage hyplatent.py --data "$OUT/rollouts" --test-contexts $HELDOUT --seed 1 --out-dir "$OUT/hyplatent"
+  stage hypformer.py --hyplatent "$OUT/hyplatent" --seed 1 --out-dir "$OUT/hypformer"
 )
 wait
 POLICIES="$OUT/hyperzero $OUT/mlp $OUT/hyplatent $OUT/hypformer"
 if [ $META = 1 ]; then
-  $PY meta.py --rollouts "$OUT/rollouts" --model maml --test-contexts $HELDOUT --steps 2000 --seed 1 --out-dir "$OUT/maml" &
-  $PY meta.py --rollouts "$OUT/rollouts" --model pearl --test-contexts $HELDOUT --steps 2000 --seed 1 --out-dir "$OUT/pearl"
+  stage meta.py --rollouts "$OUT/rollouts" --model maml --test-contexts $HELDOUT --steps 2000 --seed 1 --out-dir "$OUT/maml" &
+  stage meta.py --rollouts "$OUT/rollouts" --model pearl --test-contexts $HELDOUT --steps 2000 --seed 1 --out-dir "$OUT/pearl"
   wait
   POLICIES="$POLICIES $OUT/maml $OUT/pearl"
 fi
-$PY evaluate.py --experts "$OUT/experts" --policies $POLICIES --episodes 3 --samples 4 --seed 1 --out-dir "$OUT/eval"
+stage evaluate.py --experts "$OUT/experts" --policies $POLICIES --episodes 3 --samples 4 --seed 1 --out-dir "$OUT/eval"
 echo "quickstart done in $(( $(date +%s) - T0 )) s: table above, plots in $OUT/eval (returns.png, normalized.png)"
