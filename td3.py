@@ -374,17 +374,57 @@ def write_csv(path, rows: list[dict]) -> None:
     atomic_save(buf.getvalue(), path)
 
 
-def load_experts(path) -> list[dict]:
-    """Every expert .pt in a directory written by td3.py (or one file), sorted by label."""
-    path = Path(path)
-    files = [path] if path.is_file() else sorted(path.glob("expert_*.pt")) if path.is_dir() else []
-    if not files:
-        raise UserError(f"no experts found at {path} (expected expert_*.pt files written by td3.py)")
-    experts = [safe_load(f) for f in files]
+EXPERT_KEYS = {"task": str, "label": str, "context": dict, "obs_dim": int, "act_dim": int, "hidden": (list, tuple)}
+EXPERT_KEYS |= {"gamma": (int, float), "actor": list, "critic1": list, "critic2": list}
+SHARED = ("task", "obs_dim", "act_dim", "hidden", "gamma")  # what the experts of one sweep have in common
+
+
+def check_expert(e, f) -> dict:
+    """One expert file's contents, checked for what later stages read: the keys and their types, then the actor
+    and both critics as lists of finite float tensors of the layer sizes obs_dim, hidden, act_dim give."""
+    if not isinstance(e, dict):
+        raise UserError(f"{f} is not an expert file written by td3.py: it holds a {type(e).__name__}, not a dict")
+    for key, types in EXPERT_KEYS.items():
+        if key not in e or not isinstance(e[key], types) or isinstance(e[key], bool):
+            want = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+            raise UserError(f"{f} is not an expert file written by td3.py: {key!r} missing or not a {want}")
+    S, A, H = e["obs_dim"], e["act_dim"], e["hidden"]
+    if not all(type(n) is int and n > 0 for n in (S, A, *H)):
+        raise UserError(f"{f}: obs_dim {S}, act_dim {A} and hidden {H} must be positive integers")
+    for key, out in (("actor", A), ("critic1", 1), ("critic2", 1)):
+        sizes = layer_sizes(S + (A if out == 1 else 0), H, out)
+        want = [s for i, o in zip(sizes[:-1], sizes[1:]) for s in ((i, o), (1, o))]  # W [in, out], b [1, out]
+        if [getattr(t, "shape", None) for t in e[key]] != [torch.Size(s) for s in want]:
+            raise UserError(f"{f}: {key!r} is not a list of tensors of shapes {want} (layer sizes {sizes})")
+        if not all(t.is_floating_point() and t.isfinite().all() for t in e[key]):
+            raise UserError(f"bad data in {f}: {key!r} holds NaN, infinite or non-float weights")
+    return e
+
+
+def load_experts(paths) -> list[dict]:
+    """The experts of one run or of the shards of a sweep: `paths` is one path or a list, each a directory written by
+    td3.py (its expert_*.pt) or one expert file. Every file is checked (check_expert); all must share task,
+    observation/action sizes, hidden sizes and discount, and no context may come twice. Sorted by file name
+    (expert_<label>.pt), so the order is the same whichever shard or directory an expert came from."""
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    files = {}  # resolved path -> the path as given: a directory named twice is read once
+    for path in map(Path, paths):
+        found = [path] if path.is_file() else sorted(path.glob("expert_*.pt")) if path.is_dir() else []
+        if not found:
+            raise UserError(f"no experts found at {path} (expected expert_*.pt files written by td3.py)")
+        files |= {f.resolve(): f for f in found if f.resolve() not in files}
+    files = list(files.values())
+    experts = [check_expert(safe_load(f), f) for f in files]
+    first = {}  # label -> the file that holds it
     for f, e in zip(files, experts):
-        if not isinstance(e, dict) or "actor" not in e:
-            raise UserError(f"{f} is not an expert file written by td3.py")
-    return experts
+        for key in SHARED:
+            a, b = json.dumps(experts[0][key]), json.dumps(e[key])
+            if a != b:
+                raise UserError(f"{files[0]} and {f} differ in {key} ({a} vs {b}): they are not experts of one sweep")
+        if e["label"] in first:
+            raise UserError(f"{first[e['label']]} and {f} hold the same context {e['label']}: give each context once")
+        first[e["label"]] = f
+    return sorted(experts, key=lambda e: f"expert_{e['label']}.pt")
 
 
 def expert_layers(expert: dict, key: str = "actor", device="cpu"):

@@ -257,3 +257,85 @@ def test_shared_init_starts_every_context_from_one_draw():
     torch.manual_seed(0)
     separate = td3.TD3(3, 5, 2, (8, 8), 1e-3, "cpu")
     assert not torch.equal(separate.actor[0][0][0], separate.actor[0][0][1])
+
+
+# ---------------------------------------------------------------------------------------------- shards: load_experts
+def fake_expert(src: dict, label="goal_1", goal=1.0, hidden=None, **change) -> dict:
+    """A copy of a real expert file as another context; with hidden, fresh weights of those sizes."""
+    e = src | {"label": label, "context": {"goal": goal}, "context_vector": [goal]} | change
+    if hidden:
+        S, A = e["obs_dim"], e["act_dim"]
+        e["hidden"] = hidden
+        e["actor"] = [t[0] for t in td3.tensors(td3.init_layers(1, td3.layer_sizes(S, hidden, A)))]
+        for key in ("critic1", "critic2"):
+            e[key] = [t[0] for t in td3.tensors(td3.init_layers(1, td3.layer_sizes(S + A, hidden, 1)))]
+    return e
+
+
+def shard_dirs(tmp_path, tiny_experts, *extra) -> list[Path]:
+    """tiny_experts (goal 0.5, 2.0) as shard_10, and shard_2 holding the extra expert dicts."""
+    import shutil
+
+    shutil.copytree(tiny_experts, tmp_path / "shard_10")
+    (tmp_path / "shard_2").mkdir()
+    for e in extra:
+        td3.atomic_save(e, tmp_path / "shard_2" / f"expert_{e['label']}.pt")
+    return [tmp_path / "shard_10", tmp_path / "shard_2"]
+
+
+def test_load_experts_merges_shards_sorted_by_label(tmp_path, tiny_experts):
+    src = td3.load_experts(tiny_experts)[0]
+    dirs = shard_dirs(tmp_path, tiny_experts, fake_expert(src))
+    merged = td3.load_experts(dirs)  # shard_10 lists before shard_2: the order is the labels', not the directories'
+    assert [e["label"] for e in merged] == ["goal_0.5", "goal_1", "goal_2"]
+    assert [e["label"] for e in td3.load_experts(dirs[::-1])] == ["goal_0.5", "goal_1", "goal_2"]
+    assert [e["label"] for e in td3.load_experts(str(dirs[0]))] == ["goal_0.5", "goal_2"]  # one path, as a string
+    assert [e["label"] for e in td3.load_experts([dirs[0], dirs[0] / "expert_goal_2.pt"])] == ["goal_0.5", "goal_2"]
+    assert [e["label"] for e in td3.load_experts([dirs[1] / "expert_goal_1.pt"])] == ["goal_1"]
+
+
+@pytest.mark.parametrize(
+    "change, msg",
+    [
+        (
+            {"label": "goal_2", "goal": 2.0},
+            r"shard_10/expert_goal_2.pt and .*shard_2/expert_goal_2.pt hold the same context goal_2",
+        ),
+        ({"task": "cheetah-run"}, r"shard_10/expert_goal_0.5.pt and .*shard_2/expert_goal_1.pt differ in task"),
+        ({"hidden": [8, 8]}, r"differ in hidden \(\[16, 16\] vs \[8, 8\]\)"),
+        ({"gamma": 0.9}, r"differ in gamma \(0.99 vs 0.9\)"),
+    ],
+)
+def test_load_experts_refuses_shards_of_different_sweeps(tmp_path, tiny_experts, change, msg):
+    src = td3.load_experts(tiny_experts)[0]
+    dirs = shard_dirs(tmp_path, tiny_experts, fake_expert(src, **change))
+    with pytest.raises(UserError, match=msg):
+        td3.load_experts(dirs)
+
+
+@pytest.mark.parametrize(
+    "content, msg",
+    [
+        ([1, 2], "holds a list, not a dict"),
+        ({"actor": []}, "'task' missing or not a str"),
+        ("hidden", r"'actor' is not a list of tensors of shapes \[\(17, 16\)"),
+        ("nan", r"bad data in .*'critic2' holds NaN"),
+        ("truncated", "cannot load"),
+    ],
+)
+def test_load_experts_refuses_a_bad_file_naming_it(tmp_path, tiny_experts, content, msg):
+    src = td3.load_experts(tiny_experts)[0]
+    f = tmp_path / "expert_goal_0.5.pt"
+    if content == "hidden":
+        content = src | {"hidden": [16, 8]}
+    elif content == "nan":
+        content = src | {"critic2": [t * float("nan") for t in src["critic2"]]}
+    if content == "truncated":
+        f.write_bytes((tiny_experts / f.name).read_bytes()[:500])
+    else:
+        td3.atomic_save(content, f)
+    with pytest.raises(UserError, match=msg) as e:
+        td3.load_experts(tmp_path)
+    assert str(f) in str(e.value)
+    with pytest.raises(UserError, match="no experts found"):
+        td3.load_experts([tmp_path, tmp_path / "missing"])
