@@ -8,6 +8,10 @@ comparison. The meta-learners MAML and PEARL are meta.py, which imports its shar
 
     python hyperzero.py --rollouts runs/vel/rollouts --model hyperzero --test-contexts 1.5 --seed 1 --out-dir runs/vel/hyperzero
 
+Writes hyperzero.pt (weights, split, losses) and TensorBoard event files (out_dir/tb) of the losses and steps/s. Every
+flag and the rollouts (load_rollouts: entries, dtypes, shapes, finite values) are checked before any training; an
+--out-dir holding an earlier run is refused unless --overwrite.
+
 "The released code" below is SAIC-MONTREAL/hyperzero (docs/reference_code.md#sources); where we differ from it and
 why: docs/reference_code.md#hyperzero-networks, #hyperzero-losses and #hyperzero-baselines.
 Unlike the released code, weights are generated ONCE PER CONTEXT in a batch (context-major batches [C_b, n, S]) and
@@ -53,7 +57,11 @@ MODELS = {
     "mlp-q-td": Model(hyper=False, q=True, td=True),  # "UVFA + TD" (mlp_rl_td)
 }
 META_MODELS = ("maml", "pearl")  # meta.py
+ROLLOUTS_FORMAT = "cleanhyper-rollouts-v1"
 ROLLOUT_FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "q", "context", "context_id")
+OUTPUTS = ("hyperzero.pt", "tb")  # what a run writes into --out-dir (tasks.prepare_out_dir)
+# the manifest entries this stage reads, and their JSON types
+MANIFEST_KEYS = {"task": str, "context_names": list, "contexts": list, "obs_dim": int, "act_dim": int, "gamma": (int, float)}
 
 
 @dataclass
@@ -99,7 +107,15 @@ class Args:
     """CPU threads for torch (0: torch's default, one per core: fastest for one run alone; give 1 to each of several
     runs sharing the cores)"""
     log_interval: int = 500
-    """print train and held-out losses every this many steps"""
+    """print (and log) train and held-out losses every this many steps"""
+    overwrite: bool = False
+    """replace an earlier run's outputs in --out-dir (they are removed before this run starts)"""
+    track: bool = False
+    """log to Weights & Biases too (pip install wandb); TensorBoard event files are always written to out_dir/tb"""
+    wandb_project_name: str = "cleanhyper"
+    """Weights & Biases project (with --track)"""
+    wandb_entity: str | None = None
+    """Weights & Biases entity (team or user; with --track)"""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,25 +246,56 @@ def compute_losses(model, batch, gamma: float, use_td: bool, per_sample: bool = 
 # Data and split (meta.py uses these too)
 # ---------------------------------------------------------------------------------------------
 def load_rollouts(path) -> tuple[dict, dict[str, np.ndarray]]:
-    """manifest.json + the arrays collect.py wrote, checked for consistency."""
+    """manifest.json + the arrays collect.py wrote, checked for what training needs: the manifest's entries and their
+    types, every array's dtype (float, context_id integer), shape (the manifest's rows and sizes) and finiteness.
+    Anything else is one UserError naming the file and what is wrong."""
     path = Path(path)
-    if not (path / "manifest.json").is_file():
+    mf = path / "manifest.json"
+    if not mf.is_file():
         raise UserError(f"no rollouts at {path} (manifest.json missing: run collect.py, or it was interrupted)")
-    man = json.loads((path / "manifest.json").read_text())
-    if man.get("format") != "cleanhyper-rollouts-v1":
-        raise UserError(f"{path}/manifest.json is not a collect.py rollout set (format {man.get('format')!r})")
-    arrays = {}
-    for f in ROLLOUT_FIELDS:
-        try:
-            arrays[f] = np.load(path / f"{f}.npy", allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise UserError(f"cannot load {path / f'{f}.npy'}: {e}") from None
-    n, S, A, C = man["counts"]["rows"], man["obs_dim"], man["act_dim"], len(man["context_names"])
+    try:
+        man = json.loads(mf.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{mf} is not valid JSON (truncated or damaged: {e}); rerun collect.py") from None
+    if not isinstance(man, dict) or man.get("format") != ROLLOUTS_FORMAT:
+        got = man.get("format") if isinstance(man, dict) else type(man).__name__
+        raise UserError(f"{mf} is not a collect.py rollout set (format {got!r}, want {ROLLOUTS_FORMAT!r})")
+    for key, types in MANIFEST_KEYS.items():
+        if not isinstance(man.get(key), types) or isinstance(man.get(key), bool):
+            want = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+            raise UserError(f"{mf}: {key!r} is {man.get(key, 'missing')!r}; expected a {want} (rerun collect.py)")
+    n = man.get("counts", {}).get("rows") if isinstance(man.get("counts"), dict) else None
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise UserError(f"{mf}: counts.rows is {n!r}; expected the number of rows (rerun collect.py)")
+    names = man["context_names"]
+    for i, ctx in enumerate(man["contexts"]):
+        if not isinstance(ctx, dict) or not all(
+            isinstance(ctx.get(k), (int, float)) and not isinstance(ctx.get(k), bool) and math.isfinite(ctx[k]) for k in names
+        ):
+            raise UserError(f"bad data in {mf}: context {i} is {ctx!r}; expected finite values of {names}")
+    S, A, C = man["obs_dim"], man["act_dim"], len(names)
     want = {"obs": (n, S), "action": (n, A), "reward": (n,), "next_obs": (n, S), "terminated": (n,), "q": (n,), "context": (n, C)}
     want["context_id"] = (n,)
-    bad = [f"{f} {arrays[f].shape} (want {shape})" for f, shape in want.items() if arrays[f].shape != shape]
-    if bad:
-        raise UserError(f"rollouts at {path} are inconsistent with their manifest (mixed sets?): {'; '.join(bad)}")
+    arrays = {}
+    for f in ROLLOUT_FIELDS:
+        file = path / f"{f}.npy"
+        try:
+            a = np.load(file, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:  # missing, truncated, object dtype (a pickle), not .npy
+            raise UserError(f"cannot load {file}: {str(e).splitlines()[0]} (rerun collect.py)") from None
+        kinds = "iu" if f == "context_id" else "f"
+        if not isinstance(a, np.ndarray) or a.dtype.kind not in kinds:
+            raise UserError(
+                f"{file} has dtype {getattr(a, 'dtype', type(a).__name__)}; expected {'integers' if f == 'context_id' else 'float32'}"
+            )
+        if a.shape != want[f]:
+            raise UserError(
+                f"{file} has shape {a.shape} but the manifest says {want[f]}: rollouts at {path} are inconsistent with"
+                " their manifest (mixed sets? rerun collect.py)"
+            )
+        if kinds == "f" and not np.isfinite(a).all():
+            raise UserError(f"bad data in {file}: {int((~np.isfinite(a)).sum())} NaN or infinite values")
+        arrays[f] = a
     if n == 0 or arrays["context_id"].min() < 0 or arrays["context_id"].max() >= len(man["contexts"]):
         raise UserError(f"rollouts at {path}: context_id outside the manifest's {len(man['contexts'])} contexts")
     if C == 0:
@@ -323,18 +370,20 @@ def heldout_bc(model, data: dict, ids: list[int]) -> float | None:
     return err / count
 
 
-def fit(model, opt, steps: int, batch_loss, heldout, log_interval: int, max_grad_norm: float = 0.0) -> list[dict]:
+def fit(model, opt, steps: int, batch_loss, heldout, log_interval: int, max_grad_norm: float = 0.0, tracker=None) -> list[dict]:
     """The training loop of every model here and in meta.py: `steps` optimiser steps on batch_loss() -> (loss, its
     parts); a non-finite loss stops training with a message naming the step. Every log_interval steps (and at the
-    last) one row of the mean losses since the previous row, heldout() (the held-out BC) and steps/s: printed and
-    returned."""
+    last) one row of the mean losses since the previous row, heldout() (the held-out BC) and steps/s: printed, logged
+    to the td3.Tracker (CleanRL's tag names: losses/..., charts/...) and returned."""
     history, acc, t_train, t_log = [], {}, 0.0, 0
     for step in range(1, steps + 1):
         t0 = time.perf_counter()
         loss, parts = batch_loss()
-        if not torch.isfinite(loss):
+        if not torch.isfinite(loss):  # the data were checked finite (load_rollouts): the training diverged
+            parts_s = ", ".join(f"{k} {v.item():.4g}" for k, v in parts.items())
             raise UserError(
-                f"non-finite loss at step {step}: {loss.item()} ({ {k: v.item() for k, v in parts.items()} }); lower --learning-rate"
+                f"non-finite loss at step {step}: {loss.item()} ({parts_s}); the rollouts are finite, so training diverged:"
+                " lower --learning-rate, or check the scale of the rollouts' values"
             )
         opt.zero_grad()
         loss.backward()
@@ -348,6 +397,12 @@ def fit(model, opt, steps: int, batch_loss, heldout, log_interval: int, max_grad
             row = {"step": step, **{k: v / (step - t_log) for k, v in acc.items()}, "test_bc": heldout()}
             row["steps_per_s"] = step / t_train
             history.append(row)
+            if tracker is not None:
+                logged = {f"losses/{'total' if k == 'loss' else k}": v for k, v in row.items() if k in acc}
+                logged |= {"charts/SPS": row["steps_per_s"]} | (
+                    {"losses/heldout_bc": row["test_bc"]} if row["test_bc"] is not None else {}
+                )
+                tracker.log(step, **logged)
             parts_s = "  ".join(f"{k} {row[k]:.4g}" for k in ("bc", "value", "td", "kl") if k in row)
             test_s = f"{row['test_bc']:.4g}" if row["test_bc"] is not None else "-"
             print(
@@ -361,23 +416,54 @@ def fit(model, opt, steps: int, batch_loss, heldout, log_interval: int, max_grad
 # ---------------------------------------------------------------------------------------------
 # Checkpoint -> policies: the functions every policy source offers evaluate.py
 # ---------------------------------------------------------------------------------------------
+CHECKPOINT_KEYS = ("model", "task", "obs_dim", "act_dim", "context_names", "policy_sizes", "q_sizes", "embed_dim", "state_dict")
+CHECKPOINT_KEYS += ("split", "ctx_mean", "ctx_std")
+
+
+def check_checkpoint(ckpt, file, fmt: str, stage: str, keys: tuple[str, ...], build) -> dict:
+    """A loaded .pt -> the checkpoint, or one UserError naming the file: not a dict of format `fmt`, an entry missing,
+    a split that is not lists of contexts, or weights that do not load into build(ckpt) (hyperzero.py and meta.py)."""
+    if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
+        got = ckpt.get("format") if isinstance(ckpt, dict) else f"a {type(ckpt).__name__}"
+        raise UserError(f"{file} is not a {stage} checkpoint (format {got!r}, want {fmt!r})")
+    missing = [k for k in keys if k not in ckpt]
+    if missing:
+        raise UserError(f"{file} is an incomplete {stage} checkpoint: no {', '.join(missing)}")
+    try:
+        checkpoint_contexts(ckpt, ckpt["split"]["train"] + ckpt["split"]["test"])
+        with torch.random.fork_rng(devices=[]):  # building the model draws its initial weights: leave the caller's RNG
+            build(ckpt)
+    except (UserError, KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        raise UserError(
+            f"{file} is a damaged checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
+    return ckpt
+
+
+def checkpoint_file(path, name: str) -> Path:
+    return Path(path) / name if Path(path).is_dir() else Path(path)
+
+
 def load_checkpoint(path) -> dict:
-    ckpt = td3.safe_load(Path(path) / "hyperzero.pt" if Path(path).is_dir() else path)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise UserError(f"{path} is not a hyperzero.py checkpoint (format {FORMAT})")
-    if ckpt.get("model") in META_MODELS:  # written before MAML and PEARL moved to meta.py
+    file = checkpoint_file(path, "hyperzero.pt")
+    ckpt = td3.safe_load(file)
+    if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT and ckpt.get("model") in META_MODELS:  # before meta.py
         raise UserError(
             f"{path} is an old hyperzero.py --model {ckpt['model']} checkpoint: retrain it with meta.py --model {ckpt['model']}"
         )
-    return ckpt
+    return check_checkpoint(ckpt, file, FORMAT, "hyperzero.py", CHECKPOINT_KEYS, checkpoint_model)
+
+
+def checkpoint_model(ckpt: dict, device="cpu") -> nn.Module:
+    """The checkpoint's model, its weights loaded."""
+    model = build_model(ckpt["model"], len(ckpt["context_names"]), ckpt["embed_dim"], ckpt["policy_sizes"], ckpt["q_sizes"])
+    model.to(device).load_state_dict(ckpt["state_dict"])
+    return model
 
 
 def load_model(ckpt: dict, contexts: list[dict], device="cpu") -> tuple[nn.Module, torch.Tensor]:
     """The checkpoint's model and its standardised contexts c [K, C]."""
-    c = checkpoint_contexts(ckpt, contexts, device)
-    model = build_model(ckpt["model"], len(ckpt["context_names"]), ckpt["embed_dim"], ckpt["policy_sizes"], ckpt["q_sizes"])
-    model.to(device).load_state_dict(ckpt["state_dict"])
-    return model, c
+    return checkpoint_model(ckpt, device), checkpoint_contexts(ckpt, contexts, device)
 
 
 def generate_policies(ckpt: dict, contexts: list[dict], n: int = 1, seed: int = 0, device="cpu", conditions=None):
@@ -395,16 +481,18 @@ def main(args: Args) -> dict:
         raise UserError(f"--model {args.model} is trained by meta.py now: python meta.py --model {args.model} --rollouts ...")
     if args.model not in MODELS:
         raise UserError(f"unknown model '{args.model}'; valid models: {', '.join(MODELS)} ({' and '.join(META_MODELS)}: meta.py)")
-    torch.manual_seed(args.seed)
-    if args.torch_threads:  # 0: torch's default
-        torch.set_num_threads(args.torch_threads)
+    # every flag and input file checked, and --out-dir prepared, before any compute
+    positive = ("steps", "batch_size", "batch_contexts", "learning_rate", "embed_dim", "policy_hidden", "log_interval")
+    tasks.check_flags(args, positive, nonnegative=("seed", "epochs", "value_weight", "td_weight", "torch_threads"))
     device = td3.resolve_device(args.device)
     man, arr = load_rollouts(args.rollouts)
     train, test = split_contexts(man, args.test_contexts, args.test_fraction, args.seed)
+    out = tasks.prepare_out_dir(args.out_dir, OUTPUTS, overwrite=args.overwrite)
+    torch.manual_seed(args.seed)
+    if args.torch_threads:  # 0: torch's default
+        torch.set_num_threads(args.torch_threads)
     ctx_label = lambda ids: [tasks.context_label(man["contexts"][i]) for i in ids]
     print(f"split: train {ctx_label(train)}  test {ctx_label(test)}")
-    if args.batch_size < 1 or args.batch_contexts < 1 or args.steps < 1:
-        raise UserError("need --batch-size, --batch-contexts and --steps >= 1")
 
     data = context_major(man, arr, train, args.normalize_context, device)
     q_train = arr["q"][np.isin(arr["context_id"], train)].astype(np.float64)
@@ -434,11 +522,14 @@ def main(args: Args) -> dict:
         # the HyperZero objective L = L_bc + lambda_v L_value + lambda_td L_TD (docs/reference_code.md#hyperzero-losses)
         return parts["bc"] + args.value_weight * parts.get("value", 0.0) + args.td_weight * parts.get("td", 0.0), parts
 
-    history = fit(model, opt, steps, batch_loss, lambda: heldout_bc(model, data, test), args.log_interval)
+    tracker = td3.Tracker(out, args, track=args.track, project=args.wandb_project_name, entity=args.wandb_entity)
+    try:
+        history = fit(model, opt, steps, batch_loss, lambda: heldout_bc(model, data, test), args.log_interval, tracker=tracker)
+    finally:
+        tracker.close()
 
     final = history[-1]
     split = {"train": [man["contexts"][i] for i in train], "test": [man["contexts"][i] for i in test]}
-    out = Path(args.out_dir)
     ckpt = {
         "format": FORMAT,
         "model": args.model,

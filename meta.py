@@ -8,6 +8,9 @@ initialisation at the context and PEARL its policy at the prior mean z = 0, one 
 
     python meta.py --rollouts runs/vel/rollouts --model maml --test-contexts 1.5 --seed 1 --out-dir runs/vel/maml
 
+Writes meta.pt and TensorBoard event files (out_dir/tb); flags, rollouts and --out-dir are checked first, as in
+hyperzero.py.
+
 - maml: hyperzero.py's context-conditioned MLP ("Cond Policy") meta-trained with second-order MAML.
 - pearl: the same MLP conditioned on a latent z instead of c; z ~ q(z | transitions) is a product of one Gaussian
   factor per transition and the prior, inferred by a context encoder.
@@ -18,7 +21,6 @@ their bugs and what we do instead: docs/reference_code.md#meta-learning-baseline
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,11 +30,24 @@ from torch.func import functional_call, grad, vmap
 
 import tasks
 import td3
-from hyperzero import CondMLP, checkpoint_contexts, context_major, fit, heldout_bc, load_rollouts, split_contexts
+from hyperzero import (
+    CondMLP,
+    check_checkpoint,
+    checkpoint_contexts,
+    checkpoint_file,
+    context_major,
+    fit,
+    heldout_bc,
+    load_rollouts,
+    split_contexts,
+)
 from tasks import UserError
 
 FORMAT = "cleanhyper-meta-v1"
 MODELS = ("maml", "pearl")
+OUTPUTS = ("meta.pt", "tb")  # what a run writes into --out-dir (tasks.prepare_out_dir)
+CHECKPOINT_KEYS = ("model", "task", "obs_dim", "act_dim", "context_names", "policy_sizes", "embed_dim", "latent_dim")
+CHECKPOINT_KEYS += ("state_dict", "args", "split", "ctx_mean", "ctx_std")
 
 
 @dataclass
@@ -65,7 +80,7 @@ class Args:
     """CPU threads for torch (0: torch's default, one per core: fastest for one run alone; give 1 to each of several
     runs sharing the cores)"""
     log_interval: int = 500
-    """print train and held-out losses every this many steps (held-out BC is zero-shot: no adaptation)"""
+    """print (and log) train and held-out losses every this many steps (held-out BC is zero-shot: no adaptation)"""
     meta_batch: int = 8
     """contexts per outer step (the released code: every training context)"""
     support_size: int = 32
@@ -85,6 +100,14 @@ class Args:
     """pearl: size of z (PEARL paper: 5 on MuJoCo; the released code: 256)"""
     kl_weight: float = 1e-3
     """pearl: weight of KL(q(z | support) || N(0, I)); the released code's kl_lambda 0.01 collapses q onto the prior here"""
+    overwrite: bool = False
+    """replace an earlier run's outputs in --out-dir (they are removed before this run starts)"""
+    track: bool = False
+    """log to Weights & Biases too (pip install wandb); TensorBoard event files are always written to out_dir/tb"""
+    wandb_project_name: str = "cleanhyper"
+    """Weights & Biases project (with --track)"""
+    wandb_entity: str | None = None
+    """Weights & Biases entity (team or user; with --track)"""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,10 +207,15 @@ def build_model(name: str, ctx_dim: int, embed_dim: int, pi_sizes: list[int], la
 # Checkpoint -> policies: the functions every policy source offers evaluate.py, and adaptation
 # ---------------------------------------------------------------------------------------------
 def load_checkpoint(path) -> dict:
-    ckpt = td3.safe_load(Path(path) / "meta.pt" if Path(path).is_dir() else path)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise UserError(f"{path} is not a meta.py checkpoint (format {FORMAT})")
-    return ckpt
+    file = checkpoint_file(path, "meta.pt")
+    return check_checkpoint(td3.safe_load(file), file, FORMAT, "meta.py", CHECKPOINT_KEYS, checkpoint_model)
+
+
+def checkpoint_model(ckpt: dict, device="cpu") -> nn.Module:
+    """The checkpoint's model, its weights loaded."""
+    model = build_model(ckpt["model"], len(ckpt["context_names"]), ckpt["embed_dim"], ckpt["policy_sizes"], ckpt["latent_dim"])
+    model.to(device).load_state_dict(ckpt["state_dict"])
+    return model
 
 
 def load_model(ckpt: dict, contexts: list[dict], device="cpu") -> tuple[nn.Module, torch.Tensor]:
@@ -196,8 +224,7 @@ def load_model(ckpt: dict, contexts: list[dict], device="cpu") -> tuple[nn.Modul
     if ckpt.get("format") != FORMAT:
         raise UserError(f"not a meta.py checkpoint (format {ckpt.get('format')!r}, want {FORMAT})")
     c = checkpoint_contexts(ckpt, contexts, device)
-    model = build_model(ckpt["model"], len(ckpt["context_names"]), ckpt["embed_dim"], ckpt["policy_sizes"], ckpt["latent_dim"])
-    model.to(device).load_state_dict(ckpt["state_dict"])
+    model = checkpoint_model(ckpt, device)
     if ckpt["model"] == "pearl":  # zero-shot PEARL: the policy at the prior mean, the same for every context
         return model, torch.zeros(len(contexts), ckpt["latent_dim"], device=device)
     return model, c
@@ -252,16 +279,24 @@ def adapt_policies(ckpt: dict, contexts: list[dict], transitions_: list[dict], s
 def main(args: Args) -> dict:
     if args.model not in MODELS:
         raise UserError(f"unknown model '{args.model}'; valid models: {', '.join(MODELS)} (the others: hyperzero.py)")
-    torch.manual_seed(args.seed)
-    if args.torch_threads:  # 0: torch's default
-        torch.set_num_threads(args.torch_threads)
+    # every flag and input file checked, and --out-dir prepared, before any compute
+    positive = ("steps", "learning_rate", "embed_dim", "policy_hidden", "log_interval", "meta_batch", "support_size")
+    positive += ("query_size", "inner_lr", "latent_dim")
+    nonnegative = ("seed", "torch_threads", "inner_steps", "max_grad_norm", "kl_weight")
+    tasks.check_flags(args, positive, nonnegative)
     device = td3.resolve_device(args.device)
     man, arr = load_rollouts(args.rollouts)
     train, test = split_contexts(man, args.test_contexts, args.test_fraction, args.seed)
+    n_rows = args.support_size + args.query_size
+    least = np.bincount(arr["context_id"], minlength=len(man["contexts"]))[train].min()
+    if least < n_rows:
+        raise UserError(f"a training context has {least} rows; --support-size + --query-size needs {n_rows}")
+    out = tasks.prepare_out_dir(args.out_dir, OUTPUTS, overwrite=args.overwrite)
+    torch.manual_seed(args.seed)
+    if args.torch_threads:  # 0: torch's default
+        torch.set_num_threads(args.torch_threads)
     ctx_label = lambda ids: [tasks.context_label(man["contexts"][i]) for i in ids]
     print(f"split: train {ctx_label(train)}  test {ctx_label(test)}")
-    if args.steps < 1 or min(args.meta_batch, args.support_size, args.query_size, args.latent_dim) < 1 or args.inner_steps < 0:
-        raise UserError("need --meta-batch, --support-size, --query-size, --latent-dim, --steps >= 1 and --inner-steps >= 0")
 
     data = context_major(man, arr, train, args.normalize_context, device)
     if args.model == "pearl":  # PEARL's policy is conditioned on z, not c: held-out BC is zero-shot, at the prior mean
@@ -272,9 +307,7 @@ def main(args: Args) -> dict:
     pi_sizes = td3.layer_sizes(S, list(args.policy_hidden), A)
     model = build_model(args.model, len(man["context_names"]), args.embed_dim, pi_sizes, args.latent_dim).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.learning_rate, fused=True)
-    cb, n = min(args.meta_batch, len(train)), args.support_size + args.query_size  # contexts, rows of each per step
-    if data["count"][train].min() < n:
-        raise UserError(f"a training context has {data['count'][train].min()} rows; --support-size + --query-size needs {n}")
+    cb, n = min(args.meta_batch, len(train)), n_rows  # contexts, rows of each per step
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{args.model}: {n_params} parameters, generated policy {pi_sizes}; {args.steps} steps of {cb} contexts x {n} rows")
 
@@ -292,11 +325,14 @@ def main(args: Args) -> dict:
         return parts["bc"] + args.kl_weight * parts["kl"], parts
 
     clip = args.max_grad_norm if args.model == "maml" else 0.0
-    history = fit(model, opt, args.steps, batch_loss, lambda: heldout_bc(model, data, test), args.log_interval, clip)
+    tracker = td3.Tracker(out, args, track=args.track, project=args.wandb_project_name, entity=args.wandb_entity)
+    try:
+        history = fit(model, opt, args.steps, batch_loss, lambda: heldout_bc(model, data, test), args.log_interval, clip, tracker)
+    finally:
+        tracker.close()
 
     final = history[-1]
     split = {"train": [man["contexts"][i] for i in train], "test": [man["contexts"][i] for i in test]}
-    out = Path(args.out_dir)
     ckpt = {
         "format": FORMAT,
         "model": args.model,

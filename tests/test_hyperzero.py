@@ -181,7 +181,7 @@ def test_same_seed_same_weights(synth, tmp_path):
 
 
 def test_real_pipeline_collect_then_train(tiny_experts, tmp_path):
-    collect.main(collect.Args(experts=str(tiny_experts), episodes=1, seed=1, out_dir=str(tmp_path / "r"), snapshots=False))
+    collect.main(collect.Args(experts=(str(tiny_experts),), episodes=1, seed=1, out_dir=str(tmp_path / "r"), snapshots=False))
     res = hyperzero.main(
         hyperzero.Args(rollouts=str(tmp_path / "r"), test_contexts=("2.0",), out_dir=str(tmp_path / "h"), steps=10, embed_dim=32)
     )
@@ -248,3 +248,179 @@ def test_cli_error_one_line_exit_2(synth, tmp_path):
         text=True,
     )
     assert p.returncode == 2 and p.stderr.startswith("error: unknown model 'nope'") and len(p.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Bad input (flags, --out-dir, rollout files, checkpoints): one line, before any work, nothing written
+# ---------------------------------------------------------------------------------------------------------------------
+NO_CUDA = not torch.cuda.is_available()
+
+FLAG_CASES = [  # Args overrides -> the one line that refuses them
+    (dict(steps=0), "--steps must be a finite number > 0, got 0"),
+    (dict(batch_size=-4), "--batch-size must be a finite number > 0, got -4"),
+    (dict(batch_contexts=0), "--batch-contexts must be"),
+    (dict(log_interval=0), "--log-interval must be a finite number > 0"),
+    (dict(learning_rate=float("nan")), "--learning-rate must be a finite number > 0, got nan"),
+    (dict(embed_dim=0), "--embed-dim must be"),
+    (dict(policy_hidden=(32, 0)), r"--policy-hidden must be a finite number > 0, got \(32, 0\)"),
+    (dict(seed=-5), "--seed must be a finite number >= 0, got -5"),
+    (dict(epochs=-1), "--epochs must be a finite number >= 0"),
+    (dict(td_weight=float("inf")), "--td-weight must be a finite number >= 0, got inf"),
+    (dict(test_fraction=1.0), r"--test-fraction must be in \[0, 1\), got 1.0"),
+    (dict(test_fraction=float("nan")), "--test-fraction must be in"),
+    (dict(model="maml"), "--model maml is trained by meta.py now"),
+]
+if NO_CUDA:
+    FLAG_CASES.append((dict(device="cuda"), "cuda"))
+
+
+@pytest.mark.parametrize("kw, message", FLAG_CASES, ids=[",".join(kw) + f"={list(kw.values())[0]}" for kw, _ in FLAG_CASES])
+def test_bad_flags_refused_before_any_work(synth, tmp_path, kw, message):
+    with pytest.raises(UserError, match=message):
+        hyperzero.main(small(synth, tmp_path / "out", **kw))
+    assert not (tmp_path / "out").exists()  # refused before --out-dir is made
+
+
+def test_out_dir_a_file_or_an_earlier_run(synth, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        hyperzero.main(small(synth, tmp_path / "file", steps=1))
+    first = hyperzero.main(small(synth, tmp_path / "run", steps=2))["ckpt"]["state_dict"]
+    with pytest.raises(UserError, match="already holds an earlier run .*hyperzero.pt.*--overwrite"):
+        hyperzero.main(small(synth, tmp_path / "run", steps=2, seed=2))
+    kept = torch.load(tmp_path / "run" / "hyperzero.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(first[k], kept[k]) for k in first)  # the refused run left the earlier one as it was
+    second = hyperzero.main(small(synth, tmp_path / "run", steps=2, seed=2, overwrite=True))["ckpt"]["state_dict"]
+    assert not all(torch.equal(first[k], second[k]) for k in first)
+
+
+def corrupt(path: Path, how: str) -> str:
+    """Damage one file of a copy of a rollout set; returns the file name the message must name."""
+    man = json.loads((path / "manifest.json").read_text())
+    if how == "truncated manifest":
+        (path / "manifest.json").write_text(json.dumps(man)[:40])
+        return "manifest.json is not valid JSON"
+    if how == "manifest a list":
+        (path / "manifest.json").write_text("[1, 2]")
+        return "manifest.json is not a collect.py rollout set"
+    if how.startswith("manifest without "):
+        key = how.split()[-1]
+        (path / "manifest.json").write_text(json.dumps({k: v for k, v in man.items() if k != key}))
+        return f"manifest.json: '{key}' is 'missing'" if key != "counts" else "manifest.json: counts.rows is None"
+    if how == "manifest obs_dim a string":
+        (path / "manifest.json").write_text(json.dumps({**man, "obs_dim": "4"}))
+        return "manifest.json: 'obs_dim' is '4'; expected a int"
+    if how == "NaN context in manifest":
+        (path / "manifest.json").write_text(json.dumps({**man, "contexts": [{"goal": float("nan")}] + man["contexts"][1:]}))
+        return "bad data in .*manifest.json: context 0"
+    if how == "float context_id":
+        np.save(path / "context_id.npy", np.load(path / "context_id.npy").astype(np.float32))
+        return "context_id.npy has dtype float32; expected integers"
+    if how == "truncated npy":
+        data = (path / "obs.npy").read_bytes()
+        (path / "obs.npy").write_bytes(data[: len(data) // 2])
+        return "cannot load .*obs.npy"
+    if how == "empty npy":
+        (path / "q.npy").write_bytes(b"")
+        return "cannot load .*q.npy"
+    if how == "object npy":
+        np.save(path / "reward.npy", np.array([{"r": 1}] * man["counts"]["rows"], dtype=object), allow_pickle=True)
+        return "cannot load .*reward.npy: Object arrays cannot be loaded"
+    if how == "string npy":
+        np.save(path / "action.npy", np.full((man["counts"]["rows"], A), "a"))
+        return "action.npy has dtype <U1; expected float32"
+    if how == "arrays of different lengths":
+        np.save(path / "reward.npy", np.load(path / "reward.npy")[:-3])
+        return "reward.npy has shape .* but the manifest says .*inconsistent"
+    if how == "NaN in the data":
+        obs = np.load(path / "obs.npy")
+        obs[5, 1] = np.nan
+        np.save(path / "obs.npy", obs)
+        return "bad data in .*obs.npy: 1 NaN or infinite values"
+    raise ValueError(how)
+
+
+ROLLOUT_CASES = [
+    "truncated manifest",
+    "manifest a list",
+    "manifest without obs_dim",
+    "manifest without contexts",
+    "manifest without counts",
+    "manifest obs_dim a string",
+    "NaN context in manifest",
+    "float context_id",
+    "truncated npy",
+    "empty npy",
+    "object npy",
+    "string npy",
+    "arrays of different lengths",
+    "NaN in the data",
+]
+
+
+@pytest.mark.parametrize("how", ROLLOUT_CASES)
+def test_bad_rollout_files_name_the_file(tmp_path, how):
+    root = write_rollouts(tmp_path / "data", [0.5, 1.0, 2.0], rows=50)
+    message = corrupt(root, how)
+    with pytest.raises(UserError, match=message) as e:
+        hyperzero.main(small(root, tmp_path / "out"))
+    assert "\n" not in str(e.value) and str(root) in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_checkpoints_that_are_not_ours(synth, tmp_path):
+    ckpt = hyperzero.main(small(synth, tmp_path / "ok", steps=1))["ckpt"]
+    sd = ckpt["state_dict"]
+    cases = {
+        "list.pt": ([1, 2, 3], "list.pt is not a hyperzero.py checkpoint \\(format 'a list'"),
+        "no_format.pt": ({"model": "hyperzero"}, "no_format.pt is not a hyperzero.py checkpoint \\(format None"),
+        "incomplete.pt": ({"format": hyperzero.FORMAT, "model": "mlp"}, "incomplete.pt is an incomplete hyperzero.py checkpoint: no task"),
+        "shapes.pt": ({**ckpt, "state_dict": {k: v[..., :1] for k, v in sd.items()}}, "shapes.pt is a damaged checkpoint"),
+        "split.pt": ({**ckpt, "split": {"train": "goal"}}, "split.pt is a damaged checkpoint"),
+    }  # fmt: skip
+    for name, (obj, message) in cases.items():
+        td3.atomic_save(obj, tmp_path / name)
+        with pytest.raises(UserError, match=message) as e:
+            hyperzero.load_checkpoint(tmp_path / name)
+        assert "\n" not in str(e.value)
+    (tmp_path / "truncated.pt").write_bytes((tmp_path / "ok" / "hyperzero.pt").read_bytes()[:500])
+    with pytest.raises(UserError, match="cannot load"):
+        hyperzero.load_checkpoint(tmp_path / "truncated.pt")
+    state = torch.random.get_rng_state()
+    hyperzero.load_checkpoint(tmp_path / "ok")  # checking builds the model: the caller's RNG is left as it was
+    assert torch.equal(state, torch.random.get_rng_state())
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--seed", "-5"], "--seed must be a finite number >= 0, got -5"),
+        (["--learning-rate", "nan"], "--learning-rate must be a finite number > 0, got nan"),
+        (["--rollouts", "TRUNCATED"], "manifest.json is not valid JSON"),
+        (["--out-dir", "FILE"], "is a file"),
+    ],
+)
+def test_cli_bad_input_one_line_exit_2(synth, tmp_path, argv, message):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "manifest.json").write_text('{"format": "cleanhyper-rollouts-v1", "ta')
+    (tmp_path / "file").write_text("x")
+    argv = [{"TRUNCATED": str(bad), "FILE": str(tmp_path / "file")}.get(a, a) for a in argv]
+    base = ["--rollouts", str(synth), "--out-dir", str(tmp_path / "out"), "--steps", "2"]
+    p = subprocess.run([sys.executable, "hyperzero.py", *base, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert message in p.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_losses_logged_to_tensorboard(synth, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    hyperzero.main(small(synth, tmp_path / "t", steps=20, log_interval=10, test_contexts=("1.5",)))
+    acc = EventAccumulator(str(tmp_path / "t" / "tb"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert {"losses/total", "losses/bc", "losses/value", "losses/td", "losses/heldout_bc", "charts/SPS"} <= set(tags)
+    assert [e.step for e in acc.Scalars("losses/bc")] == [10, 20]
+    ckpt = torch.load(tmp_path / "t" / "hyperzero.pt", weights_only=True)
+    assert [e.value for e in acc.Scalars("losses/bc")] == pytest.approx([r["bc"] for r in ckpt["history"]])

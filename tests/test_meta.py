@@ -219,7 +219,7 @@ def test_meta_errors(synth, tmp_path):
     root, arrays = synth
     with pytest.raises(UserError, match="--support-size \\+ --query-size needs 400"):
         meta.main(small(root, tmp_path / "x", model="maml", support_size=200, query_size=200))
-    with pytest.raises(UserError, match="need --meta-batch"):
+    with pytest.raises(UserError, match="--latent-dim must be a finite number > 0, got 0"):
         meta.main(small(root, tmp_path / "x", model="pearl", latent_dim=0))
     hz = dict(rollouts=str(root), embed_dim=32, policy_hidden=(32,), log_interval=10)
     ckpt = hyperzero.main(hyperzero.Args(**hz, out_dir=str(tmp_path / "m"), model="mlp", steps=1))["ckpt"]
@@ -246,12 +246,12 @@ def test_old_hyperzero_maml_checkpoint_refused_with_one_line(synth, tmp_path):
 # evaluate.py: zero-shot and adapted rows on a real tiny pipeline
 # ---------------------------------------------------------------------------------------------------------------------
 def test_evaluate_adds_adapted_rows(tiny_experts, tmp_path, capsys):
-    collect.main(collect.Args(experts=str(tiny_experts), episodes=1, seed=1, out_dir=str(tmp_path / "r"), snapshots=False))
+    collect.main(collect.Args(experts=(str(tiny_experts),), episodes=1, seed=1, out_dir=str(tmp_path / "r"), snapshots=False))
     for name in ("maml", "pearl"):
         meta.main(small(tmp_path / "r", tmp_path / name, model=name, test_contexts=("2.0",), steps=3, inner_steps=2))
     res = evaluate.main(
         evaluate.Args(
-            experts=str(tiny_experts),
+            experts=(str(tiny_experts),),
             policies=(str(tmp_path / "maml"), str(tmp_path / "pearl")),
             contexts=("0.5", "2.0", "1.0"),  # 1.0 has no expert: no adaptation data
             episodes=1,
@@ -280,3 +280,68 @@ def test_evaluate_adds_adapted_rows(tiny_experts, tmp_path, capsys):
         )
     first = td3.rollout(tasks.make_env("cheetah-vel", e["context"], 1), td3.expert_layers(e), 1)  # evaluation episode 0
     assert not np.allclose(first["states"][0], tr["obs"][0])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Bad input: one line before any work (rollout files: hyperzero.load_rollouts, tested in test_hyperzero.py), tracking
+# ---------------------------------------------------------------------------------------------------------------------
+FLAG_CASES = [
+    (dict(steps=0), "--steps must be a finite number > 0, got 0"),
+    (dict(meta_batch=0), "--meta-batch must be"),
+    (dict(support_size=-1), "--support-size must be"),
+    (dict(query_size=0), "--query-size must be"),
+    (dict(inner_steps=-1), "--inner-steps must be a finite number >= 0"),
+    (dict(inner_lr=float("nan")), "--inner-lr must be a finite number > 0, got nan"),
+    (dict(learning_rate=float("nan")), "--learning-rate must be a finite number > 0, got nan"),
+    (dict(max_grad_norm=-1.0), "--max-grad-norm must be a finite number >= 0"),
+    (dict(kl_weight=float("inf")), "--kl-weight must be"),
+    (dict(log_interval=0), "--log-interval must be"),
+    (dict(policy_hidden=(0,)), "--policy-hidden must be"),
+    (dict(seed=-5), "--seed must be a finite number >= 0, got -5"),
+    (dict(test_fraction=2.0), r"--test-fraction must be in \[0, 1\)"),
+    (dict(support_size=150, query_size=60), "a training context has 200 rows; --support-size \\+ --query-size needs 210"),
+    (dict(model="hyperzero"), "unknown model 'hyperzero'"),
+]
+if not torch.cuda.is_available():
+    FLAG_CASES.append((dict(device="cuda"), "cuda"))
+
+
+@pytest.mark.parametrize("kw, message", FLAG_CASES, ids=[",".join(kw) for kw, _ in FLAG_CASES])
+def test_bad_flags_refused_before_any_work(synth, tmp_path, kw, message):
+    with pytest.raises(UserError, match=message):
+        meta.main(small(synth[0], tmp_path / "out", **kw))
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_dir_and_checkpoints_that_are_not_ours(synth, tmp_path):
+    root, _ = synth
+    kw = dict(steps=1, meta_batch=2, support_size=8, query_size=8, inner_steps=1)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        meta.main(small(root, tmp_path / "file", **kw))
+    ckpt = meta.main(small(root, tmp_path / "run", **kw))["ckpt"]
+    with pytest.raises(UserError, match="already holds an earlier run .*meta.pt.*--overwrite"):
+        meta.main(small(root, tmp_path / "run", **kw))
+    meta.main(small(root, tmp_path / "run", overwrite=True, **kw))
+    cases = {
+        "list.pt": ([ckpt], "list.pt is not a meta.py checkpoint \\(format 'a list'"),
+        "other.pt": ({"format": "cleanhyper-hyperzero-v1"}, "other.pt is not a meta.py checkpoint"),
+        "incomplete.pt": ({k: v for k, v in ckpt.items() if k != "latent_dim"}, "incomplete meta.py checkpoint: no latent_dim"),
+        "shapes.pt": ({**ckpt, "policy_sizes": [S, 7, A]}, "shapes.pt is a damaged checkpoint"),
+        "model.pt": ({**ckpt, "model": "reptile"}, "model.pt is a damaged checkpoint .*unknown model 'reptile'"),
+    }  # fmt: skip
+    for name, (obj, message) in cases.items():
+        td3.atomic_save(obj, tmp_path / name)
+        with pytest.raises(UserError, match=message) as e:
+            meta.load_checkpoint(tmp_path / name)
+        assert "\n" not in str(e.value)
+
+
+def test_losses_logged_to_tensorboard(synth, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    meta.main(small(synth[0], tmp_path / "p", model="pearl", steps=6, log_interval=3))
+    acc = EventAccumulator(str(tmp_path / "p" / "tb"))
+    acc.Reload()
+    assert {"losses/total", "losses/bc", "losses/kl", "losses/heldout_bc", "charts/SPS"} <= set(acc.Tags()["scalars"])
+    assert [e.step for e in acc.Scalars("losses/kl")] == [3, 6]
