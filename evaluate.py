@@ -8,10 +8,19 @@ load_checkpoint(path) and generate_policies(ckpt, contexts, n, seed, device, con
 policy form (layers batched over contexts, context-major: n per context for the generative sources, one for the
 deterministic ones), and adapt_policies where the method adapts few-shot (meta.py). Every policy is rolled out
 through td3.evaluate_policy with the same seeds, so all methods start from the same initial states in a context.
-Writes results.json / results.csv (one row per method and context), returns.png (return against
-context, expert drawn, held-out contexts marked), normalized.png (mean expert-normalised score on
-training and held-out contexts per method), success.png (MetaWorld: success per task and method); with
---capture-video one GIF per (method, context).
+
+Runs: --policies directories whose checkpoints name the same method are RUNS (seeds) of that method, e.g.
+`--policies runs/vel/hyperzero_s{1,2,3}`. Each row carries `method` and `run` (the --policies entry; null for the
+expert and random rows, measured once), so results.json keeps every run's numbers. summary.json and the printed
+table aggregate each method over its runs and the contexts of a split (training / held out): the mean and the
+interquartile mean (IQM) of the expert-normalised score (MetaWorld: also of the success rate) with 95 % stratified
+bootstrap intervals (Agarwal et al. 2021, "Deep RL at the edge of the statistical precipice"): `bootstrap_ci`.
+
+Writes results.json / results.csv (one row per method, run and context), summary.json, returns.png (return against
+context, expert drawn, held-out contexts marked; several runs: their mean and min-max), normalized.png (mean
+expert-normalised score on training and held-out contexts per method, with its interval), success.png (MetaWorld:
+success per task and method); with --capture-video one GIF per (method, run, context). Every file is written
+atomically (a temp file, then a rename).
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import io
 import json
 import os
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,14 +52,20 @@ from tasks import UserError
 
 SOURCES = {m.FORMAT: m for m in (hyperzero, meta, hyplatent, hypformer)}  # checkpoint format -> the module reading it
 CHECKPOINTS = ("hyperzero.pt", "meta.pt", "hyplatent.pt", "hypformer.pt")
+OUTPUTS = ("results.json", "results.csv", "summary.json", "returns.png", "normalized.png", "success.png", "videos")
+# flags in which runs of one method may differ without a note (where and how they ran, not what they learned)
+RUN_FLAGS = {"seed", "out_dir", "device", "torch_threads", "log_interval", "overwrite", "track", "wandb_project_name"}
+RUN_FLAGS |= {"wandb_entity", "rollouts", "data", "hyplatent"}
 
 
 @dataclass
 class Args:
-    experts: str | None = None
-    """directory of td3.py experts (the 'expert' rows, the normaliser, and the contexts by default)"""
+    experts: tuple[str, ...] = ()
+    """directories (or files) of td3.py experts, several shards merged (the 'expert' rows, the normaliser, and the
+    contexts by default)"""
     policies: tuple[str, ...] = ()
-    """directories (or .pt files) written by hyperzero.py, meta.py, hyplatent.py or hypformer.py"""
+    """directories (or .pt files) written by hyperzero.py, meta.py, hyplatent.py or hypformer.py; several of one
+    method are runs (seeds) of it, aggregated with intervals"""
     contexts: tuple[str, ...] = ()
     """contexts to evaluate (as td3.py's --contexts); default: the experts' and every approximator split's"""
     episodes: int = 5
@@ -61,9 +77,16 @@ class Args:
     adapt_steps: int = -1
     """maml: inner SGD steps of that adaptation (-1: the checkpoint's --inner-steps); pearl infers z and takes none"""
     seed: int = 1
-    """episode e of every method in a context resets with seed + e; also seeds the generators"""
+    """episode e of every method in a context resets with seed + e; also seeds the generators and the bootstrap"""
+    bootstrap_reps: int = 2000
+    """bootstrap replicates of the 95 % intervals"""
+    resample_contexts: bool = True
+    """the bootstrap resamples the contexts of a split too (they are a sample of the family: rliable's
+    task_bootstrap); off: only the runs within each context are resampled"""
     out_dir: str = "runs/eval"
     """results.json, results.csv, the plots and videos go here"""
+    overwrite: bool = False
+    """replace an earlier run's outputs in --out-dir (they are removed before this run starts)"""
     capture_video: bool = False
     """write one GIF per (method, context) to out_dir/videos (needs libosmesa6 on CPU)"""
     device: str = "auto"
@@ -80,12 +103,61 @@ def load_source(path: str) -> tuple[dict, object]:
     files = [f for f in files if f.name in CHECKPOINTS] or files
     if len(files) != 1:
         raise UserError(f"{path}: expected one of {', '.join(CHECKPOINTS)} (found {[f.name for f in files]})")
-    fmt = td3.safe_load(files[0]).get("format", "")
+    ckpt = td3.safe_load(files[0])
+    fmt = ckpt.get("format", "") if isinstance(ckpt, dict) else None
     if fmt not in SOURCES:
-        raise UserError(
-            f"{files[0]}: unknown format '{fmt}'; expected a file written by hyperzero.py, meta.py, hyplatent.py or hypformer.py"
-        )
+        what = f"unknown format '{fmt}'" if isinstance(ckpt, dict) else f"holds a {type(ckpt).__name__}, not a checkpoint"
+        raise UserError(f"{files[0]}: {what}; expected a file written by hyperzero.py, meta.py, hyplatent.py or hypformer.py")
     return SOURCES[fmt].load_checkpoint(files[0]), SOURCES[fmt]
+
+
+def method_of(ckpt: dict, module) -> str:
+    return ckpt.get("model", module.__name__)
+
+
+def load_sources(paths) -> list[tuple[str, dict, object]]:
+    """--policies -> (run, checkpoint, module) per entry; the run is the entry as given. Runs of one method that
+    differ in more than where they ran and their seed get a printed note: they are still aggregated as runs."""
+    seen: dict[Path, str] = {}
+    for p in paths:
+        if Path(p).resolve() in seen:
+            raise UserError(f"--policies lists {p} twice (also as {seen[Path(p).resolve()]}): each entry is one run")
+        seen[Path(p).resolve()] = p
+    sources = [(p, *load_source(p)) for p in paths]
+    first: dict[str, tuple[str, dict]] = {}
+    for run, ck, mod in sources:
+        method, flags = method_of(ck, mod), ck.get("args", {})
+        run0, flags0 = first.setdefault(method, (run, flags))
+        differ = sorted(k for k in set(flags) | set(flags0) if k not in RUN_FLAGS and flags.get(k) != flags0.get(k))
+        if differ:
+            print(f"note: runs {run0} and {run} of {method} differ in --{', --'.join(k.replace('_', '-') for k in differ)}")
+    return sources
+
+
+def write_atomically(data: bytes, path: Path) -> None:
+    """Bytes to a temp file in the same directory, then a rename: a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def save_figure(fig, path: Path) -> None:
+    """A matplotlib figure to path (its suffix names the format), atomically, and closed."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format=path.suffix[1:], dpi=120)
+    plt.close(fig)
+    write_atomically(buf.getvalue(), path)
 
 
 def save_video(task, ctx, layers, seed, path):
@@ -93,16 +165,70 @@ def save_video(task, ctx, layers, seed, path):
 
     ep = td3.rollout(tasks.make_env(task, ctx, seed, render_mode="rgb_array"), layers, seed, render=True)
     frames = [f[::-1] for f in ep["frames"]] if task == "metaworld" else ep["frames"]  # MetaWorld's camera is upside down
-    path.parent.mkdir(parents=True, exist_ok=True)
-    imageio.mimsave(path, frames[::2], duration=0.04)
+    buf = io.BytesIO()
+    imageio.mimsave(buf, frames[::2], format="GIF", duration=0.04)
+    write_atomically(buf.getvalue(), path)
 
 
-def plot(rows: list[dict], task: str, out: Path) -> list[str]:
+# ---------------------------------------------------------------------------------------------
+# Intervals over runs and contexts. rliable (Agarwal et al.'s library) is not a dependency: its 1.2.0 release fails to
+# import with the pandas 3 that pip resolves today (arch 7.2's deprecate_kwarg raises a TypeError) and it pulls in
+# pandas, scipy, statsmodels, arch and seaborn for these few lines. They match its get_interval_estimates to 3
+# decimals with task_bootstrap False and True (tests/test_evaluate.py cross-checks where rliable imports).
+# ---------------------------------------------------------------------------------------------
+def iqm(scores: np.ndarray, axis=None) -> np.ndarray:
+    """Interquartile mean (Agarwal et al. 2021): mean of the sorted scores with int(n/4) cut from each end, as
+    scipy.stats.trim_mean(x, 0.25) and rliable's aggregate_iqm compute it. axis=None pools everything; axis=-1
+    reduces the last axis (one IQM per bootstrap replicate)."""
+    x = np.sort(np.asarray(scores, dtype=np.float64).reshape(-1) if axis is None else np.asarray(scores, np.float64), axis=-1)
+    n = x.shape[-1]
+    cut = int(0.25 * n)
+    return x[..., cut : n - cut].mean(-1)
+
+
+def bootstrap_ci(scores, reps: int = 2000, size: float = 0.95, seed: int = 0, resample_tasks: bool = True) -> dict:
+    """scores [R runs, T tasks] -> mean and IQM with percentile bootstrap intervals.
+
+    Stratified bootstrap (Agarwal et al. 2021, rliable's StratifiedBootstrap): each replicate draws R runs with
+    replacement independently within every task; with resample_tasks the T tasks (here: held-out contexts) are
+    drawn with replacement too (rliable's task_bootstrap=True), so the interval also covers which contexts were
+    held out. A single run and a single task give a zero-width interval: nothing was resampled."""
+    s = np.asarray(scores, dtype=np.float64)
+    R, T = s.shape
+    g = np.random.default_rng(seed)
+    cols = g.integers(0, T, (reps, 1, T)) if resample_tasks else np.broadcast_to(np.arange(T), (reps, 1, T))
+    boot = s[g.integers(0, R, (reps, R, T)), cols].reshape(reps, R * T)  # [reps, R*T]
+    q = [50 * (1 - size), 50 * (1 + size)]
+    return {
+        "mean": float(s.mean()),
+        "mean_ci": [float(v) for v in np.percentile(boot.mean(1), q)],
+        "iqm": float(iqm(s)),
+        "iqm_ci": [float(v) for v in np.percentile(iqm(boot, axis=-1), q)],
+        "runs": R,
+        "tasks": T,
+    }
+
+
+def score_matrix(rows: list[dict], key: str) -> tuple[np.ndarray, bool] | None:
+    """The rows of one method and split -> (scores [R runs, T contexts], False), the strata of bootstrap_ci. Where the
+    runs hold out different contexts (seeded --test-fraction splits) there is no such matrix: then each run's mean
+    over its own contexts, [R, 1], and True. None where no row has the score."""
+    cell = {(r.get("run"), r.get("label")): r[key] for r in rows if r.get(key) is not None}
+    if not cell:
+        return None
+    runs, labels = list(dict.fromkeys(u for u, _ in cell)), list(dict.fromkeys(c for _, c in cell))
+    if len(cell) == len(runs) * len(labels):
+        return np.array([[cell[u, c] for c in labels] for u in runs]), False
+    return np.array([[np.mean([v for (u, _), v in cell.items() if u == run])] for run in runs]), True
+
+
+def plot(rows: list[dict], task: str, out: Path, summary: list[dict] | None = None) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    summary = summary if summary is not None else summarize(rows)
     labels = list(dict.fromkeys(r["label"] for r in rows))
     numeric = task != "metaworld" and len(rows[0]["context"]) == 1
     xs = {
@@ -116,7 +242,8 @@ def plot(rows: list[dict], task: str, out: Path) -> list[str]:
     for x in held:
         ax.axvspan(x - 0.04, x + 0.04, color="0.85", zorder=0)
     for method in dict.fromkeys(r["method"] for r in rows):
-        rs = sorted((r for r in rows if r["method"] == method), key=lambda r: xs[r["label"]])
+        rs = [r for r in rows if r["method"] == method]
+        at = sorted({xs[r["label"]] for r in rs})
         style = (
             {"color": "k", "lw": 2.5, "zorder": 3}
             if method == "expert"
@@ -124,16 +251,16 @@ def plot(rows: list[dict], task: str, out: Path) -> list[str]:
             if method == "random"
             else {}
         )
-        ax.errorbar(
-            [xs[r["label"]] for r in rs],
-            [r["return_mean"] for r in rs],
-            [r["return_std"] for r in rs],
-            marker="o",
-            ms=4,
-            capsize=2,
-            label=method,
-            **style,
-        )
+        runs = len({r.get("run") for r in rs})
+        if runs == 1:  # one run: its mean return and the spread over episodes
+            by = {xs[r["label"]]: r for r in rs}
+            y, err, label = [by[x]["return_mean"] for x in at], [by[x]["return_std"] for x in at], method
+        else:  # several runs: the mean over runs and their min-max
+            per = [[r["return_mean"] for r in rs if xs[r["label"]] == x] for x in at]
+            y = [float(np.mean(v)) for v in per]
+            err = [[m - min(v) for m, v in zip(y, per)], [max(v) - m for m, v in zip(y, per)]]
+            label = f"{method} ({runs} runs: mean, min-max)"
+        ax.errorbar(at, y, err, marker="o", ms=4, capsize=2, label=label, **style)
     if not numeric:
         ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
     ax.set_xlabel(next(iter(rows[0]["context"])) if numeric else "context")
@@ -141,27 +268,23 @@ def plot(rows: list[dict], task: str, out: Path) -> list[str]:
     ax.set_title(f"{task}: return per context (grey bands: held-out contexts)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "returns.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "returns.png")
 
-    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m not in ("expert", "random")]
+    # the mean normalised score over runs and contexts with its 95 % bootstrap interval
+    shown = [s for s in summary if s["method"] not in ("expert", "random")]
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    for j, (split, flag) in enumerate((("training contexts", False), ("held-out contexts", True))):
-        vals = [
-            np.mean(
-                [r["normalized"] for r in rows if r["method"] == m and r["heldout"] is flag and r["normalized"] is not None]
-                or [np.nan]
-            )
-            for m in methods
-        ]
-        ax.bar(np.arange(len(methods)) + 0.4 * j - 0.2, vals, 0.4, label=split)
+    for j, (split, name) in enumerate((("training contexts", "train"), ("held-out contexts", "heldout"))):
+        mean = np.array([np.nan if s[f"{name}_normalized"] is None else s[f"{name}_normalized"] for s in shown])
+        ci = np.array([s[f"{name}_normalized_ci"] or [np.nan, np.nan] for s in shown]).reshape(-1, 2)
+        err = np.abs(ci.T - mean)  # [2, methods]: below, above
+        ax.bar(np.arange(len(shown)) + 0.4 * j - 0.2, mean, 0.4, yerr=err, capsize=3, label=split)
     ax.axhline(1.0, color="k", lw=1, ls="--")
-    ax.set_xticks(range(len(methods)), methods, rotation=20, ha="right")
+    ax.set_xticks(range(len(shown)), [s["method"] for s in shown], rotation=20, ha="right")
     ax.set_ylabel("normalised score (0 random, 1 expert)")
+    ax.set_title("mean over runs and contexts, 95 % bootstrap interval", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "normalized.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "normalized.png")
     if task != "metaworld":
         return ["returns.png", "normalized.png"]
 
@@ -170,19 +293,20 @@ def plot(rows: list[dict], task: str, out: Path) -> list[str]:
     fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(labels)), 3.8))
     width = 0.8 / len(methods)
     for j, m in enumerate(methods):
-        by = {r["label"]: r["success_rate"] for r in rows if r["method"] == m}
-        ax.bar(
-            np.arange(len(labels)) + width * (j - (len(methods) - 1) / 2), [by.get(lab, np.nan) for lab in labels], width, label=m
-        )
+        per = {
+            lab: [r["success_rate"] for r in rows if r["method"] == m and r["label"] == lab and r["success_rate"] is not None]
+            for lab in labels
+        }
+        mean = [np.mean(per[lab]) if per[lab] else np.nan for lab in labels]  # over runs
+        ax.bar(np.arange(len(labels)) + width * (j - (len(methods) - 1) / 2), mean, width, label=m)
     ax.set_xticks(
         range(len(labels)), [lab + (" (held out)" if xs[lab] in held else "") for lab in labels], rotation=30, ha="right"
     )
-    ax.set_ylabel("success rate")
+    ax.set_ylabel("success rate (mean over runs)")
     ax.set_ylim(0, 1.25)  # room for the legend above the bars
     ax.legend(fontsize=8, ncol=len(methods))
     fig.tight_layout()
-    fig.savefig(out / "success.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "success.png")
     return ["returns.png", "normalized.png", "success.png"]
 
 
@@ -231,8 +355,7 @@ def evaluate_policies(task, ctx, layers, episodes: int, seed: int) -> tuple[dict
 
 
 def write_results(rows: list[dict], task: str, args: Args, out: Path) -> tuple[list[dict], list[str]]:
-    """results.json, results.csv, the plots and summary.json (the summary table printed): (summary, plot files)."""
-    out.mkdir(parents=True, exist_ok=True)
+    """results.json, results.csv, summary.json and the plots (the summary table printed): (summary, plot files)."""
     td3.atomic_save(json.dumps(rows, indent=1), out / "results.json")
     buf = io.StringIO()
     flat = [{**r, "context": json.dumps(r["context"])} for r in rows]
@@ -240,49 +363,55 @@ def write_results(rows: list[dict], task: str, args: Args, out: Path) -> tuple[l
     w.writeheader()
     w.writerows(flat)
     td3.atomic_save(buf.getvalue(), out / "results.csv")
-    plots = plot(rows, task, out)
-    summary = summarize(rows)
+    summary = summarize(rows, args.bootstrap_reps, args.seed, args.resample_contexts)
+    plots = plot(rows, task, out, summary)
     print("\n" + format_table(summary))
     td3.atomic_save(json.dumps({"args": asdict(args), "summary": summary}, indent=1), out / "summary.json")
     return summary, plots
 
 
 def main(args: Args) -> dict:
+    # every flag and input file checked, and --out-dir prepared, before any rollout
+    positive = ("episodes", "samples", "adapt_transitions", "bootstrap_reps")
+    tasks.check_flags(args, positive, nonnegative=("seed", "torch_threads"))
+    if args.adapt_steps < -1:
+        raise UserError(f"--adapt-steps must be >= 0, or -1 for the checkpoint's --inner-steps; got {args.adapt_steps}")
     torch.manual_seed(args.seed)
     if args.torch_threads:  # 0: torch's default
         torch.set_num_threads(args.torch_threads)
     device = td3.resolve_device(args.device)
-    if args.adapt_transitions < 1:
-        raise UserError(f"--adapt-transitions must be >= 1, got {args.adapt_transitions}")
-    experts = td3.load_experts(args.experts) if args.experts else []
-    sources = [load_source(p) for p in args.policies]  # (checkpoint, module)
+    experts = td3.load_experts(list(args.experts)) if args.experts else []
+    sources = load_sources(args.policies)  # (run, checkpoint, module)
     if not experts and not sources:
         raise UserError("nothing to evaluate: give --experts and/or --policies")
-    task_names = {e["task"] for e in experts} | {ck["task"] for ck, _ in sources}
+    task_names = {e["task"] for e in experts} | {ck["task"] for _, ck, _ in sources}
     if len(task_names) != 1:
         raise UserError(f"experts and policies come from different tasks: {sorted(task_names)}")
     task = task_names.pop()
-    dims = {(e["obs_dim"], e["act_dim"]) for e in experts} | {(ck["obs_dim"], ck["act_dim"]) for ck, _ in sources}
+    dims = {(e["obs_dim"], e["act_dim"]) for e in experts} | {(ck["obs_dim"], ck["act_dim"]) for _, ck, _ in sources}
     if len(dims) != 1:
         raise UserError(f"observation/action sizes differ between experts and policies: {sorted(dims)}")
     by_label = {e["label"]: e for e in experts}
     if args.contexts:
         contexts = tasks.parse_contexts(task, args.contexts, args.seed)
     else:  # every context anybody knows of, in a stable order
-        pool = [e["context"] for e in experts] + [c for ck, _ in sources for part in ("train", "test") for c in ck["split"][part]]
+        pool = [e["context"] for e in experts] + [
+            c for _, ck, _ in sources for part in ("train", "test") for c in ck["split"][part]
+        ]
         contexts = list({tasks.context_label(c): c for c in pool}.values())
     labels = [tasks.context_label(c) for c in contexts]
-    out = Path(args.out_dir)
+    out = tasks.prepare_out_dir(args.out_dir, OUTPUTS, overwrite=args.overwrite)
 
     rows, t0 = [], time.time()
     # a context is held out for the expert and random rows when no approximator trained on it
-    trained = {tasks.context_label(c) for ck, _ in sources for c in ck["split"]["train"]}
+    trained = {tasks.context_label(c) for _, ck, _ in sources for c in ck["split"]["train"]}
     heldout_of = lambda lab: (lab not in trained) if sources else None  # noqa: E731
 
-    def add(method, ctx, res, heldout, n_policies=1, extra=None):
+    def add(method, run, ctx, res, heldout, n_policies=1, extra=None):
         rows.append(
             {
                 "method": method,
+                "run": run,
                 "task": task,
                 "context": ctx,
                 "label": tasks.context_label(ctx),
@@ -303,19 +432,20 @@ def main(args: Args) -> dict:
         )
 
     for ctx, lab in zip(contexts, labels):
-        add("random", ctx, td3.evaluate_policy(task, ctx, None, args.episodes, args.seed), heldout_of(lab))  # the 0 of the score
+        add("random", None, ctx, td3.evaluate_policy(task, ctx, None, args.episodes, args.seed), heldout_of(lab))  # score 0
         if lab in by_label:
             e = by_label[lab]
             layers = td3.expert_layers(e, device=device)
-            add(
-                "expert", e["context"], td3.evaluate_policy(task, e["context"], layers, args.episodes, args.seed), heldout_of(lab)
-            )
+            res = td3.evaluate_policy(task, e["context"], layers, args.episodes, args.seed)
+            add("expert", None, e["context"], res, heldout_of(lab))
 
-    names: dict[str, int] = {}
-    for ck, mod in sources:
-        method = ck.get("model", mod.__name__)
-        names[method] = names.get(method, 0) + 1
-        method = method if names[method] == 1 else f"{method}-{names[method]}"
+    methods = [method_of(ck, mod) for _, ck, mod in sources]
+    for j, (run, ck, mod) in enumerate(sources):
+        method = methods[j]
+        if args.capture_video:  # one GIF per method and context; runs numbered where a method has several
+            prefix = method if methods.count(method) == 1 else f"{method}-run{methods[: j + 1].count(method)}"
+        if len(sources) > 1:
+            print(f"{method}: run {run}")
         train = {tasks.context_label(c) for c in ck["split"]["train"]}
         # zero-shot: --samples policies per context from a generative source, one from a deterministic source;
         # a behaviour-conditioned generator (MetaWorld) is conditioned on the task's expert demonstration
@@ -325,9 +455,9 @@ def main(args: Args) -> dict:
         for i, (ctx, lab) in enumerate(zip(contexts, labels)):
             own = [(W[i * n : (i + 1) * n], b[i * n : (i + 1) * n]) for W, b in layers]
             res, extra = evaluate_policies(task, ctx, own, args.episodes, args.seed)
-            add(method, ctx, res, lab not in train, n, extra)
+            add(method, run, ctx, res, lab not in train, n, extra)
             if args.capture_video:
-                save_video(task, ctx, [(W[:1], b[:1]) for W, b in own], args.seed, out / "videos" / f"{method}_{lab}.gif")
+                save_video(task, ctx, [(W[:1], b[:1]) for W, b in own], args.seed, out / "videos" / f"{prefix}_{lab}.gif")
         if hasattr(mod, "adapt_policies"):  # few-shot rows (NOT zero-shot): adapted on the context's expert transitions
             for lab in (lab for lab in labels if lab not in by_label):
                 print(f"{method + '-adapted':>18} {lab:>22}: skipped, no expert in --experts to draw adaptation transitions from")
@@ -338,7 +468,7 @@ def main(args: Args) -> dict:
             for i, (ctx, lab) in enumerate(todo):
                 res = td3.evaluate_policy(task, ctx, [(W[i : i + 1], b[i : i + 1]) for W, b in adapted], args.episodes, args.seed)
                 extra = {"adapt_transitions": args.adapt_transitions, "adapt_steps": steps}
-                add(f"{method}-adapted", ctx, res, lab not in train, extra=extra)
+                add(f"{method}-adapted", run, ctx, res, lab not in train, extra=extra)
 
     normalize(rows)
     if args.capture_video:
@@ -371,18 +501,31 @@ def top_k_success(per_policy: list[float], ks=(5, 10)) -> dict:
     return {f"top{k}_success": float(np.mean(sr[:k])) for k in ks}
 
 
-def summarize(rows: list[dict]) -> list[dict]:
-    """Per method: mean return and normalised score on training and held-out contexts."""
+SPLITS = (("train", False), ("heldout", True), ("all", None))  # summary key prefix, the rows' heldout flag (None: any)
+
+
+def summarize(rows: list[dict], reps: int = 2000, seed: int = 0, resample_contexts: bool = True) -> list[dict]:
+    """Per method and split (train, heldout, all): how many runs and contexts, the mean return, and the mean and IQM
+    of the normalised score and of the success rate (where the task has one) over runs and contexts, each with its
+    95 % bootstrap interval (`{split}_normalized`, `_ci`, `_iqm`, `_iqm_ci`); `{split}_by_run` where the runs hold
+    out different contexts and the interval is over the runs' means (score_matrix)."""
     out = []
     for m in dict.fromkeys(r["method"] for r in rows):
         s = {"method": m}
-        for name, flag in (("train", False), ("heldout", True), ("all", None)):
+        for name, flag in SPLITS:
             rs = [r for r in rows if r["method"] == m and (flag is None or r["heldout"] is flag)]
-            norm = [r["normalized"] for r in rs if r["normalized"] is not None]
-            succ = [r["success_rate"] for r in rs if r["success_rate"] is not None]
+            s[f"{name}_runs"] = len({r.get("run") for r in rs})
+            s[f"{name}_contexts"] = len({r.get("label") for r in rs})
             s[f"{name}_return"] = float(np.mean([r["return_mean"] for r in rs])) if rs else None
-            s[f"{name}_normalized"] = float(np.mean(norm)) if norm else None
-            s[f"{name}_success"] = float(np.mean(succ)) if succ else None
+            s[f"{name}_by_run"] = False
+            for key, metric in (("normalized", "normalized"), ("success_rate", "success")):
+                got = score_matrix(rs, key)
+                ci = bootstrap_ci(got[0], reps, seed=seed, resample_tasks=resample_contexts) if got else None
+                s[f"{name}_{metric}"] = ci["mean"] if ci else None
+                s[f"{name}_{metric}_ci"] = ci["mean_ci"] if ci else None
+                s[f"{name}_{metric}_iqm"] = ci["iqm"] if ci else None
+                s[f"{name}_{metric}_iqm_ci"] = ci["iqm_ci"] if ci else None
+                s[f"{name}_by_run"] |= bool(got and got[1])
             for k in ("top5_success", "top10_success"):  # generated MetaWorld policies only
                 top = [r[k] for r in rs if k in r]
                 s[f"{name}_{k}"] = float(np.mean(top)) if top else None
@@ -391,23 +534,34 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 def format_table(summary: list[dict]) -> str:
-    f = lambda x, p=".1f": "-" if x is None else format(x, p)  # noqa: E731
-    lines = [
-        "| method | return (train) | return (held out) | normalised (train) | normalised (held out) |",
-        "|---|---|---|---|---|",
-    ]
-    for s in summary:
-        lines.append(
-            f"| {s['method']} | {f(s['train_return'])} | {f(s['heldout_return'])} | {f(s['train_normalized'], '.2f')} | {f(s['heldout_normalized'], '.2f')} |"
-        )
+    """The summary as markdown: one row per method and split (training and held-out contexts; all contexts where
+    nothing was held out) with the mean and IQM and their 95 % intervals; MetaWorld adds a table of success."""
+    f = lambda x, p=".2f": "-" if x is None else format(x, p)  # noqa: E731
+    ci = lambda s, key: "-" if s[key] is None else f"{s[key]:.2f} [{s[key + '_ci'][0]:.2f}, {s[key + '_ci'][1]:.2f}]"  # noqa: E731
+    splits = [(n, t) for n, t in (("train", "train"), ("heldout", "held out")) if any(s[f"{n}_contexts"] for s in summary)]
+    splits = splits or [("all", "all")]
+    tables = [("normalized", "normalised score", "return")]
     if any(s["all_success"] is not None for s in summary):
-        lines += ["", "| method | success (train) | success (held out) | top-5 success (all) | top-10 success (all) |"]
-        lines += ["|---|---|---|---|---|"] + [
-            f"| {s['method']} | {f(s['train_success'], '.2f')} | {f(s['heldout_success'], '.2f')} | "
-            f"{f(s['all_top5_success'], '.2f')} | {f(s['all_top10_success'], '.2f')} |"
-            for s in summary
-        ]
-    return "\n".join(lines)
+        tables.append(("success", "success", "top-5 success (all) | top-10 success (all)"))
+    lines = []
+    for metric, title, last in tables:
+        lines += ["", f"| method | split | runs | contexts | {title}: mean [95% CI] | IQM [95% CI] | {last} |"]
+        lines.append("|---" * (7 + last.count("|")) + "|")
+        for s in summary:
+            for n, t in ((n, t) for n, t in splits if s[f"{n}_contexts"]):
+                extra = (
+                    f(s[f"{n}_return"], ".1f")
+                    if metric == "normalized"
+                    else f"{f(s['all_top5_success'])} | {f(s['all_top10_success'])}"
+                )
+                t += " *" if s[f"{n}_by_run"] else ""
+                lines.append(
+                    f"| {s['method']} | {t} | {s[f'{n}_runs']} | {s[f'{n}_contexts']} | {ci(s, f'{n}_{metric}')} | "
+                    f"{ci(s, f'{n}_{metric}_iqm')} | {extra} |"
+                )
+    if any(s[f"{n}_by_run"] for s in summary for n, _ in splits):
+        lines.append("* the runs hold out different contexts: the interval is over each run's mean")
+    return "\n".join(lines[1:])
 
 
 if __name__ == "__main__":

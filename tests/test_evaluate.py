@@ -12,15 +12,17 @@ import pytest
 import torch
 
 import evaluate
+import hyperzero
 import tasks
 import td3
+from synthetic import write_linear_rollouts
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = {"method", "task", "context", "heldout", "episodes", "return_mean", "return_std", "success_rate", "normalized"}
 
 
 def test_experts_only_rows_and_normalisation(tiny_experts, tmp_path):
-    res = evaluate.main(evaluate.Args(experts=str(tiny_experts), episodes=2, seed=3, out_dir=str(tmp_path / "ev")))
+    res = evaluate.main(evaluate.Args(experts=(str(tiny_experts),), episodes=2, seed=3, out_dir=str(tmp_path / "ev")))
     rows = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert rows == json.loads(json.dumps(res["rows"]))
     assert {(r["method"], r["context"]["goal"]) for r in rows} == {(m, g) for m in ("random", "expert") for g in (0.5, 2.0)}
@@ -118,8 +120,15 @@ def test_mixed_tasks_refused(tiny_experts, tmp_path):
     for f in Path(tiny_experts).glob("expert_*.pt"):
         (mixed / f.name).write_bytes(f.read_bytes())
     torch.save({**e, "task": "cheetah-run", "label": "speed_2_length_0.5"}, mixed / "expert_speed_2_length_0.5.pt")
+    with pytest.raises(tasks.UserError, match="differ in task"):  # td3.load_experts refuses the mixed shards
+        evaluate.main(evaluate.Args(experts=(str(mixed),), out_dir=str(tmp_path / "x")))
+    # experts of one task, a policy of another
+    root, _ = write_linear_rollouts(tmp_path / "r", [0.5, 1.0], 50, 0, reward=lambda obs, g: obs.sum(1), terminal=True)
+    ckpt = hyperzero.main(hyperzero.Args(rollouts=str(root), out_dir=str(tmp_path / "h"), steps=1, embed_dim=8))["ckpt"]
+    td3.atomic_save({**ckpt, "task": "cheetah-run"}, tmp_path / "run" / "hyperzero.pt")
     with pytest.raises(tasks.UserError, match="different tasks"):
-        evaluate.main(evaluate.Args(experts=str(mixed), out_dir=str(tmp_path / "x")))
+        evaluate.main(evaluate.Args(experts=(str(tiny_experts),), policies=(str(tmp_path / "run"),), out_dir=str(tmp_path / "x")))
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.skipif(
@@ -137,3 +146,179 @@ def test_capture_video(tiny_experts, tmp_path):
 
     frames = imageio.mimread(gifs[0])
     assert 50 <= len(frames) <= 100 and np.asarray(frames[0]).std() > 1  # 100 frames written (GIF merges repeats), not blank
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Intervals: the bootstrap's known answers, runs x contexts, and a cross-check against rliable where it imports
+# ---------------------------------------------------------------------------------------------------------------------
+def test_iqm_known_answers():
+    assert evaluate.iqm(np.arange(1, 9)) == 4.5  # int(8/4) = 2 cut from each end: mean(3, 4, 5, 6)
+    assert evaluate.iqm(np.arange(1, 7)) == 3.5  # int(6/4) = 1 cut: mean(2, 3, 4, 5), as scipy.stats.trim_mean(x, 0.25)
+    assert evaluate.iqm(np.array([[8, 1, 7, 2, 6, 3, 5, 4]]), axis=-1).tolist() == [4.5]  # one IQM per replicate row
+    assert evaluate.iqm(np.array([[1.0, 100.0], [2.0, 3.0]])) == 2.5  # pools everything: mean(2, 3)
+
+
+def test_bootstrap_constant_scores_and_one_run_one_context_give_zero_width():
+    ci = evaluate.bootstrap_ci(np.full((3, 4), 0.7), reps=200)
+    assert ci["mean_ci"] == pytest.approx([0.7, 0.7]) and ci["iqm_ci"] == pytest.approx([0.7, 0.7])
+    assert (ci["runs"], ci["tasks"]) == (3, 4)
+    one = evaluate.bootstrap_ci(np.array([[0.3]]), reps=200)
+    assert one["mean"] == one["mean_ci"][0] == one["mean_ci"][1] == 0.3
+
+
+def test_bootstrap_mean_interval_of_a_normal_sample():
+    x = np.random.default_rng(0).normal(2.0, 3.0, 200)
+    half = 1.96 * x.std() / np.sqrt(len(x))  # the normal approximation of the mean's 95 % interval
+    for scores in (x[:, None], x[None, :]):  # 200 runs of one context, or one run of 200 contexts (resampled)
+        ci = evaluate.bootstrap_ci(scores, reps=4000, seed=1)
+        lo, hi = ci["mean_ci"]
+        assert lo < x.mean() < hi
+        assert (hi - lo) / 2 == pytest.approx(half, rel=0.1)
+        assert ci["iqm_ci"][0] < ci["iqm"] < ci["iqm_ci"][1]
+
+
+def test_resampling_contexts_widens_or_equals():
+    g = np.random.default_rng(2)
+    scores = np.linspace(0.2, 1.0, 6)[None, :] + g.normal(0, 0.05, (5, 6))  # contexts differ far more than runs
+    within = evaluate.bootstrap_ci(scores, reps=2000, seed=0, resample_tasks=False)
+    both = evaluate.bootstrap_ci(scores, reps=2000, seed=0, resample_tasks=True)
+    width = lambda ci, k: ci[k][1] - ci[k][0]  # noqa: E731
+    assert width(both, "mean_ci") >= width(within, "mean_ci") and width(both, "iqm_ci") >= width(within, "iqm_ci")
+    assert width(both, "mean_ci") > 3 * width(within, "mean_ci")
+    assert evaluate.bootstrap_ci(scores, seed=5) == evaluate.bootstrap_ci(scores, seed=5)  # seeded
+
+
+def test_bootstrap_matches_rliable():
+    try:  # rliable 1.2.0 raises a TypeError on import with pandas 3 (arch's deprecate_kwarg), not an ImportError
+        from rliable import library as rly
+        from rliable import metrics
+    except Exception as e:
+        pytest.skip(f"rliable does not import here ({type(e).__name__}: {str(e)[:80]}); it is not a dependency")
+    s = np.random.default_rng(3).normal(0.7, 0.2, (5, 4))
+    agg = lambda x: np.array([metrics.aggregate_mean(x), metrics.aggregate_iqm(x)])  # noqa: E731
+    for task_bootstrap in (False, True):
+        est, cis = rly.get_interval_estimates({"m": s}, agg, reps=20000, task_bootstrap=task_bootstrap)
+        ours = evaluate.bootstrap_ci(s, reps=20000, resample_tasks=task_bootstrap)
+        assert est["m"] == pytest.approx([ours["mean"], ours["iqm"]])
+        np.testing.assert_allclose(np.asarray(cis["m"]).T.ravel(), ours["mean_ci"] + ours["iqm_ci"], atol=0.005)
+
+
+def score_rows(method, runs, heldout_of, value):
+    return [
+        {"method": method, "run": run, "label": f"g{c}", "heldout": heldout_of(run, c), "return_mean": -float(c),
+         "normalized": value(run, c), "success_rate": None}
+        for run in runs for c in range(4)
+    ]  # fmt: skip
+
+
+def test_summary_aggregates_runs_within_contexts():
+    rows = score_rows("hz", ["a", "b", "c"], lambda run, c: c == 3, lambda run, c: 0.1 * c + {"a": 0, "b": 0.02, "c": 0.04}[run])
+    rows += score_rows("random", [None], lambda run, c: c == 3, lambda run, c: 0.0)
+    (hz, rnd) = evaluate.summarize(rows, reps=500, seed=1)
+    assert (hz["train_runs"], hz["train_contexts"], hz["heldout_runs"], hz["heldout_contexts"]) == (3, 3, 3, 1)
+    train = np.array([[0.1 * c + d for c in range(3)] for d in (0, 0.02, 0.04)])
+    assert hz["train_normalized"] == pytest.approx(train.mean()) and hz["train_normalized_iqm"] == pytest.approx(
+        evaluate.iqm(train)
+    )
+    lo, hi = hz["heldout_normalized_ci"]  # one held-out context: only its 3 runs (0.30, 0.32, 0.34) are resampled
+    assert hz["heldout_normalized"] == pytest.approx(0.32) and 0.30 - 1e-9 <= lo < 0.32 < hi <= 0.34 + 1e-9
+    assert hz["all_return"] == pytest.approx(-1.5) and hz["train_success"] is None and not hz["heldout_by_run"]
+    assert rnd["heldout_normalized_ci"] == [0.0, 0.0] and rnd["train_runs"] == 1
+    table = evaluate.format_table([hz, rnd])
+    assert (
+        f"| hz | held out | 3 | 1 | 0.32 [{lo:.2f}, {hi:.2f}] |" in table
+        and "| random | train | 1 | 3 | 0.00 [0.00, 0.00] |" in table
+    )
+    assert "*" not in table
+
+
+def test_runs_holding_out_different_contexts_are_summarised_by_their_means():
+    rows = score_rows("hz", ["a", "b"], lambda run, c: c == {"a": 0, "b": 3}[run], lambda run, c: {"a": 0.2, "b": 0.6}[run])
+    (hz,) = evaluate.summarize(rows, reps=500)
+    assert hz["heldout_by_run"] and hz["heldout_contexts"] == 2 and hz["heldout_normalized"] == pytest.approx(0.4)
+    assert evaluate.score_matrix([r for r in rows if r["heldout"]], "normalized")[0].shape == (2, 1)
+    assert "held out * |" in evaluate.format_table([hz]) and "over each run's mean" in evaluate.format_table([hz])
+
+
+def test_save_figure_is_atomic(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, _ = plt.subplots()
+    evaluate.save_figure(fig, tmp_path / "a.png")
+    assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG" and [p.name for p in tmp_path.iterdir()] == ["a.png"]
+    (tmp_path / "b.png").write_bytes(b"earlier")
+    fig, _ = plt.subplots()
+    with pytest.raises(ValueError):  # a format matplotlib cannot write: the earlier file stays, no temp file is left
+        evaluate.save_figure(fig, tmp_path / "b.nosuchformat")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Bad input: one line before any rollout, nothing written
+# ---------------------------------------------------------------------------------------------------------------------
+FLAG_CASES = [
+    (dict(episodes=0), "--episodes must be a finite number > 0, got 0"),
+    (dict(samples=0), "--samples must be a finite number > 0, got 0"),
+    (dict(adapt_transitions=-1), "--adapt-transitions must be"),
+    (dict(bootstrap_reps=0), "--bootstrap-reps must be"),
+    (dict(seed=-5), "--seed must be a finite number >= 0, got -5"),
+    (dict(torch_threads=-1), "--torch-threads must be"),
+    (dict(adapt_steps=-2), "--adapt-steps must be >= 0, or -1"),
+    (dict(contexts=("9",)), "out of range"),
+]
+if not torch.cuda.is_available():
+    FLAG_CASES.append((dict(device="cuda"), "cuda"))
+
+
+@pytest.mark.parametrize("kw, message", FLAG_CASES, ids=[",".join(kw) for kw, _ in FLAG_CASES])
+def test_bad_flags_refused_before_any_work(tiny_experts, tmp_path, kw, message):
+    with pytest.raises(tasks.UserError, match=message):
+        evaluate.main(evaluate.Args(experts=(str(tiny_experts),), out_dir=str(tmp_path / "out"), **kw))
+    assert not (tmp_path / "out").exists()
+
+
+def test_policies_that_are_not_ours(tmp_path):
+    d = tmp_path / "p"
+    cases = {
+        "list": ([1, 2], "model.pt: holds a list, not a checkpoint"),
+        "no_format": ({"model": "hyperzero"}, "unknown format ''"),
+        "hz_incomplete": ({"format": "cleanhyper-hyperzero-v1", "model": "mlp"}, "incomplete hyperzero.py checkpoint: no task"),
+        "meta_incomplete": ({"format": "cleanhyper-meta-v1", "model": "maml"}, "incomplete meta.py checkpoint: no task"),
+    }  # fmt: skip
+    for name, (obj, message) in cases.items():
+        td3.atomic_save(obj, d / name / "model.pt")
+        with pytest.raises(tasks.UserError, match=message) as e:
+            evaluate.main(evaluate.Args(policies=(str(d / name),), out_dir=str(tmp_path / "out")))
+        assert "\n" not in str(e.value)
+    (d / "truncated").mkdir()
+    (d / "truncated" / "hyperzero.pt").write_bytes(b"PK\x03\x04 not a whole zip")
+    with pytest.raises(tasks.UserError, match="cannot load .*hyperzero.pt"):
+        evaluate.main(evaluate.Args(policies=(str(d / "truncated"),), out_dir=str(tmp_path / "out")))
+    with pytest.raises(tasks.UserError, match="lists .* twice"):
+        evaluate.main(evaluate.Args(policies=(str(d / "list"), str(d / "list") + "/"), out_dir=str(tmp_path / "out")))
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_dir_a_file_or_an_earlier_run(tiny_experts, tmp_path):
+    args = dict(experts=(str(tiny_experts),), episodes=1, bootstrap_reps=10)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(tasks.UserError, match="is a file"):
+        evaluate.main(evaluate.Args(out_dir=str(tmp_path / "file"), **args))
+    evaluate.main(evaluate.Args(out_dir=str(tmp_path / "ev"), **args))
+    before = (tmp_path / "ev" / "results.json").read_text()
+    with pytest.raises(tasks.UserError, match="already holds an earlier run .*--overwrite"):
+        evaluate.main(evaluate.Args(out_dir=str(tmp_path / "ev"), seed=2, **args))
+    assert (tmp_path / "ev" / "results.json").read_text() == before
+    evaluate.main(evaluate.Args(out_dir=str(tmp_path / "ev"), seed=2, overwrite=True, **args))
+    assert (tmp_path / "ev" / "results.json").read_text() != before
+    assert not [p for p in (tmp_path / "ev").iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+@pytest.mark.parametrize("argv", [["--episodes", "0"], ["--samples", "0"], ["--seed", "-5"]])
+def test_cli_bad_flags_one_line_exit_2(tiny_experts, tmp_path, argv):
+    r = run_cli("--experts", str(tiny_experts), "--out-dir", str(tmp_path / "out"), *argv)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f"{argv[0]} must be a finite number" in r.stderr and not (tmp_path / "out").exists()

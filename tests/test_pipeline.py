@@ -1,5 +1,6 @@
-"""The whole pipeline at toy size: td3 -> collect -> hyperzero / mlp / maml / hyplatent / hypformer -> evaluate, which
-reads every source through the same functions (one path in its main)."""
+"""The whole pipeline at toy size: td3 -> collect -> hyperzero (two seeds) / mlp / maml / hyplatent / hypformer ->
+evaluate, which reads every source through the same functions (one path in its main) and aggregates the runs of a
+method with intervals."""
 
 import json
 
@@ -34,11 +35,11 @@ def test_tiny_pipeline_end_to_end(tmp_path):
         )
     )
     roll = tmp_path / "rollouts"
-    collect.main(collect.Args(experts=str(exp), episodes=2, seed=1, out_dir=str(roll)))
-    for model in ("hyperzero", "mlp"):
+    collect.main(collect.Args(experts=(str(exp),), episodes=2, seed=1, out_dir=str(roll)))
+    for model, seed, name in (("hyperzero", 1, "hyperzero"), ("hyperzero", 2, "hyperzero_s2"), ("mlp", 1, "mlp")):
         hyperzero.main(
             hyperzero.Args(
-                rollouts=str(roll), model=model, test_contexts=("1.5",), steps=30, seed=1, out_dir=str(tmp_path / model)
+                rollouts=str(roll), model=model, test_contexts=("1.5",), steps=30, seed=seed, out_dir=str(tmp_path / name)
             )
         )
     meta.main(
@@ -70,8 +71,8 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     out = tmp_path / "eval"
     res = evaluate.main(
         evaluate.Args(
-            experts=str(exp),
-            policies=tuple(str(tmp_path / d) for d in ("hyperzero", "mlp", "maml", "hl", "hf")),
+            experts=(str(exp),),
+            policies=tuple(str(tmp_path / d) for d in ("hyperzero", "hyperzero_s2", "mlp", "maml", "hl", "hf")),
             episodes=1,
             samples=2,
             seed=1,
@@ -79,8 +80,9 @@ def test_tiny_pipeline_end_to_end(tmp_path):
         )
     )
     rows = json.loads((out / "results.json").read_text())
-    # random, expert, hyperzero, mlp, maml, maml-adapted (each goal has an expert to adapt on), hyplatent, hypformer
-    assert len(rows) == len(res["rows"]) == 3 * 8
+    # random, expert, hyperzero (2 runs), mlp, maml, maml-adapted (each goal has an expert to adapt on), hyplatent,
+    # hypformer
+    assert len(rows) == len(res["rows"]) == 3 * 9
     methods = {r["method"] for r in rows}
     assert methods == {"random", "expert", "hyperzero", "mlp", "maml", "maml-adapted", "hyplatent", "hypformer"}
     for r in rows:
@@ -99,6 +101,21 @@ def test_tiny_pipeline_end_to_end(tmp_path):
         assert np.isfinite(r["return_mean"]) and r["normalized"] is not None
         assert r["n_policies"] == (2 if r["method"] in ("hyplatent", "hypformer") else 1)
     assert {s["method"] for s in res["summary"]} == methods
+    # the two seeds of hyperzero are runs of one method: per-run rows, one aggregated summary row with intervals
+    runs = {(r["method"], r["run"]) for r in rows}
+    assert {run for m, run in runs if m == "hyperzero"} == {str(tmp_path / "hyperzero"), str(tmp_path / "hyperzero_s2")}
+    assert {run for m, run in runs if m in ("random", "expert")} == {None} and (("mlp", str(tmp_path / "mlp")) in runs)
+    hz_rows = [r for r in rows if r["method"] == "hyperzero" and r["heldout"]]
+    hz = next(s for s in res["summary"] if s["method"] == "hyperzero")
+    assert (hz["heldout_runs"], hz["heldout_contexts"], hz["train_runs"], hz["train_contexts"]) == (2, 1, 2, 2)
+    assert hz["heldout_normalized"] == pytest.approx(np.mean([r["normalized"] for r in hz_rows]))
+    lo, hi = hz["heldout_normalized_ci"]
+    assert lo <= hz["heldout_normalized"] <= hi and lo <= hz["heldout_normalized_iqm"] <= hi
+    assert lo == pytest.approx(min(r["normalized"] for r in hz_rows)) and hi == pytest.approx(
+        max(r["normalized"] for r in hz_rows)
+    )
+    summary = json.loads((out / "summary.json").read_text())["summary"]
+    assert next(s for s in summary if s["method"] == "hyperzero")["heldout_normalized_ci"] == pytest.approx([lo, hi])
     adapted = [r for r in rows if r["method"] == "maml-adapted"]
     assert all(r["adapt_steps"] == 1 and r["adapt_transitions"] == 200 for r in adapted)
     assert not any("adapt_steps" in r for r in rows if r["method"] != "maml-adapted")
