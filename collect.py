@@ -6,6 +6,7 @@ Gen-HypRL's behaviour data: every actor snapshot td3.py saved is rolled out too 
 Make-An-Agent trajectory feature, post-success states); docs/reference_code.md#gen-hyprl-policy-and-data.
 
     python collect.py --experts runs/vel/experts --episodes 10 --seed 1 --out-dir runs/vel/rollouts
+    python collect.py --experts runs/mw/shard_* --out-dir runs/mw/rollouts     # the shards of a sweep, merged
 
 Writes into --out-dir (float32 unless noted, rows context-major, load with np.load(allow_pickle=False)):
   obs [N,S]  action [N,A]  reward [N]  next_obs [N,S]  terminated [N]  q [N]  context [N,C]
@@ -43,14 +44,17 @@ POST_SUCCESS_RULE = (
 
 @dataclass
 class Args:
-    experts: str = "runs/td3"
-    """directory of expert_*.pt files written by td3.py"""
+    experts: tuple[str, ...] = ("runs/td3",)
+    """directories (or files) of expert_*.pt written by td3.py; several shards of one sweep merge (--experts
+    runs/mw/shard_*), their contexts ordered by label, each expert's snapshots read from its own directory"""
     episodes: int = 10
     """deterministic episodes per expert (the HyperZero code: 10)"""
     seed: int = 1
     """episode e of expert i resets with seed + 10000*i + e"""
     out_dir: str = "runs/rollouts"
     """everything this run writes goes here"""
+    overwrite: bool = False
+    """replace an earlier run's outputs in --out-dir (they are removed before this run starts)"""
     snapshots: bool = True
     """also roll out snapshots_<label>.npy (and each final actor) into out_dir/behaviour for Gen-HypRL"""
     snapshot_episodes: int = 1
@@ -62,19 +66,72 @@ class Args:
     runs sharing the cores)"""
 
 
+# ---------------------------------------------------------------------------------------------
+# Reading files: every file a stage reads is checked for what it needs; what is wrong is one UserError naming the file
+# ---------------------------------------------------------------------------------------------
+KINDS = {"f": "floating-point", "iu": "integer"}
+
+
+def load_array(path, kind: str = "f", ndim: int | None = None, finite: bool = True) -> np.ndarray:
+    """One .npy, loaded without pickle. A missing, truncated or object-dtype file, values of another kind (`kind`: 'f'
+    float, 'iu' integer), another rank, or (float, `finite`) a NaN or inf becomes a UserError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"missing file: {path}")
+    try:
+        a = np.load(path, allow_pickle=False)
+    except Exception as e:  # truncated (EOFError, ValueError), object dtype (needs pickle: refused), not an .npy at all
+        why = (str(e).splitlines() or [type(e).__name__])[0]
+        raise UserError(f"cannot read {path}: not a complete .npy array of numbers ({why})") from None
+    if not isinstance(a, np.ndarray) or a.dtype.kind not in kind:
+        raise UserError(f"{path} holds {getattr(a, 'dtype', type(a).__name__)} values; expected {KINDS[kind]} values")
+    if ndim is not None and a.ndim != ndim:
+        raise UserError(f"{path} has shape {a.shape}; expected an array of {ndim} dimension{'s' * (ndim != 1)}")
+    if finite and kind == "f" and not np.isfinite(a).all():
+        raise UserError(f"bad data in {path}: {int((~np.isfinite(a)).sum())} NaN or infinite values")
+    return a
+
+
+def read_manifest(path, fields: dict) -> dict:
+    """A JSON object written by collect.py, with `fields` (name -> type or tuple of types) present and of their type."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"missing file: {path}")
+    try:
+        man = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON (truncated or damaged: {e}); rerun collect.py") from None
+    if not isinstance(man, dict):
+        raise UserError(f"{path} holds a JSON {type(man).__name__}, not the object collect.py writes")
+    for key, types in fields.items():
+        if key not in man:
+            raise UserError(f"{path} has no {key!r} entry; it was not written by this collect.py (rerun it)")
+        if not isinstance(man[key], types) or isinstance(man[key], bool):
+            want = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+            raise UserError(f"{path}: {key!r} is {man[key]!r:.60}; expected a {want}")
+    return man
+
+
 def episode_seed(seed: int, i: int, e: int) -> int:
     return seed + 10_000 * i + e
 
 
-def check_experts(experts: list[dict]) -> None:
-    """One task, one observation/action size, one set of context variables, one discount."""
+# what collect.py reads from an expert file beyond what td3.load_experts checks (task, sizes, gamma, weights), with its type
+EXPERT_KEYS = {"context_names": list, "context_vector": list, "step": int, "eval_return": (int, float)}
+
+
+def check_experts(experts: list[dict], files: list[Path]) -> None:
+    """Each expert (already checked by td3.load_experts) also holds the keys collect.py reads, and all share one set
+    of context variables."""
+    for e, f in zip(experts, files):
+        for key, types in EXPERT_KEYS.items():
+            if key not in e or not isinstance(e[key], types) or isinstance(e[key], bool):
+                want = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+                raise UserError(f"{f} is not an expert file written by td3.py: {key!r} missing or not a {want}")
     for key in ("task", "obs_dim", "act_dim", "context_names", "gamma"):
         seen = {json.dumps(e[key]) for e in experts}
         if len(seen) > 1:
             raise UserError(f"experts differ in {key} ({', '.join(sorted(seen))}): put one task's experts in one directory")
-    labels = [e["label"] for e in experts]
-    if len(set(labels)) != len(labels):
-        raise UserError(f"duplicate expert contexts: {labels}")
 
 
 def behaviour_features(states: np.ndarray, actions: np.ndarray, success_step: int) -> tuple[np.ndarray, np.ndarray]:
@@ -90,28 +147,41 @@ def behaviour_features(states: np.ndarray, actions: np.ndarray, success_step: in
     return traj, states[idx].reshape(-1)
 
 
-def collect_behaviour(args: Args, experts: list[dict], envs: list, expert_dir: Path, device) -> dict | None:
-    """Roll every snapshot (then the final actor) of every context out; None when no snapshots exist."""
-    files = [expert_dir / f"snapshots_{e['label']}.npy" for e in experts]
+def load_snapshots(experts: list[dict], dirs: list[Path]) -> list | None:
+    """Per expert, (flat actors [N, P] float32, their steps [N]) from snapshots_<label>.npy and snapshot_steps.npy in
+    the expert's own directory (N = 0 where it has none); None when no expert has any. Checked against the expert's
+    layer sizes before any rollout."""
+    files = [d / f"snapshots_{e['label']}.npy" for e, d in zip(experts, dirs)]
     if not any(f.is_file() for f in files):
         return None
     if len({json.dumps(e["hidden"]) for e in experts}) > 1:
         raise UserError("experts differ in hidden sizes: their flat parameter vectors cannot be stacked")
-    steps_file = expert_dir / "snapshot_steps.npy"
-    steps = np.load(steps_file, allow_pickle=False) if steps_file.is_file() else None
+    sizes = td3.layer_sizes(experts[0]["obs_dim"], experts[0]["hidden"], experts[0]["act_dim"])
+    snaps = []
+    for e, f in zip(experts, files):
+        if not f.is_file():
+            print(f"  note: no {f.name}; context {e['label']} contributes only its final actor")
+            snaps.append((np.zeros((0, td3.n_params(sizes)), np.float32), []))
+            continue
+        flat = load_array(f, "f", ndim=2).astype(np.float32)
+        steps = load_array(f.parent / "snapshot_steps.npy", "iu", ndim=1)
+        if flat.shape != (len(steps), td3.n_params(sizes)):
+            raise UserError(
+                f"{f} has shape {flat.shape}; expected ({len(steps)}, {td3.n_params(sizes)}): one row per step of "
+                f"{f.parent / 'snapshot_steps.npy'}, of the expert's layer sizes {sizes}"
+            )
+        snaps.append((flat, steps.tolist()))
+    return snaps
+
+
+def collect_behaviour(args: Args, experts: list[dict], envs: list, snaps: list, device) -> dict:
+    """Roll every snapshot (then the final actor) of every context out."""
     sizes = td3.layer_sizes(experts[0]["obs_dim"], experts[0]["hidden"], experts[0]["act_dim"])
     rows = {k: [] for k in ("params", "cid", "step", "ret", "succ", "traj", "post", "post_step")}
-    for i, (e, f, env) in enumerate(zip(experts, files, envs)):
-        flat = np.zeros((0, td3.n_params(sizes)), np.float32)
-        if f.is_file():
-            flat = np.load(f, allow_pickle=False).astype(np.float32)
-            if steps is None or flat.ndim != 2 or len(steps) != len(flat) or flat.shape[1] != td3.n_params(sizes):
-                raise UserError(f"{f} does not match snapshot_steps.npy and the expert's layer sizes {sizes}")
-        else:
-            print(f"  note: no {f.name}; context {e['label']} contributes only its final actor")
+    for i, (e, (flat, steps), env) in enumerate(zip(experts, snaps, envs)):
         final = td3.flatten_layers(td3.expert_layers(e)).numpy()  # [1, P], appended last
         flat = np.concatenate([flat, final])
-        step_i = [*(steps.tolist() if f.is_file() else []), int(e["step"])]
+        step_i = [*steps, int(e["step"])]
         for j, p in enumerate(flat):
             layers = td3.unflatten_layers(torch.from_numpy(p).to(device)[None], sizes)
             eps = [rollout(env, layers, episode_seed(args.seed, i, k), device) for k in range(args.snapshot_episodes)]
@@ -140,22 +210,32 @@ def collect_behaviour(args: Args, experts: list[dict], envs: list, expert_dir: P
     }
 
 
+FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "q", "context", "context_id", "episode")
+OUTPUTS = (*(f"{k}.npy" for k in FIELDS), "manifest.json", "behaviour")  # what a run writes into --out-dir
+
+
+def expert_dirs(paths, experts: list[dict]) -> list[Path]:
+    """The directory each expert came from (its snapshots lie beside it): the one of --experts holding expert_<label>.pt."""
+    dirs = [p if p.is_dir() else p.parent for p in map(Path, paths)]
+    return [next((d for d in dirs if (d / f"expert_{e['label']}.pt").is_file()), dirs[0]) for e in experts]
+
+
 def main(args: Args) -> dict:
-    if args.episodes < 1 or args.snapshot_episodes < 1:
-        raise UserError("need --episodes >= 1 and --snapshot-episodes >= 1")
+    # Every flag and every input file is checked before any work; nothing is written until they pass.
+    tasks.check_flags(args, positive=("episodes", "snapshot_episodes"), nonnegative=("seed", "torch_threads"))
+    device = td3.resolve_device(args.device)
+    paths = (args.experts,) if isinstance(args.experts, (str, Path)) else tuple(args.experts)
+    experts = td3.load_experts(paths)  # shards merged, sorted by label: that order is context_id
+    dirs = expert_dirs(paths, experts)
+    check_experts(experts, [d / f"expert_{e['label']}.pt" for e, d in zip(experts, dirs)])
+    snaps = load_snapshots(experts, dirs) if args.snapshots else None
+    out = tasks.prepare_out_dir(args.out_dir, OUTPUTS, overwrite=args.overwrite)
     if args.torch_threads:  # 0: torch's default
         torch.set_num_threads(args.torch_threads)
-    device = td3.resolve_device(args.device)
-    experts = td3.load_experts(args.experts)  # sorted by label: that order is context_id
-    expert_dir = Path(args.experts) if Path(args.experts).is_dir() else Path(args.experts).parent
-    check_experts(experts)
     task, S, A = experts[0]["task"], experts[0]["obs_dim"], experts[0]["act_dim"]
-    out = Path(args.out_dir)
-    for stale in (out / "manifest.json", out / "behaviour" / "manifest.json"):
-        stale.unlink(missing_ok=True)  # an interrupted rewrite must not look complete
 
     # ALGO LOGIC: HyperZero's dataset — deterministic expert rollouts; q = Q1(s, pi(s)) of the expert's own action.
-    data = {k: [] for k in ("obs", "action", "reward", "next_obs", "terminated", "q", "context", "context_id", "episode")}
+    data = {k: [] for k in FIELDS}
     envs, infos = [], []
     for i, e in enumerate(experts):
         env = tasks.make_env(task, e["context"], episode_seed(args.seed, i, 0))
@@ -199,7 +279,7 @@ def main(args: Args) -> dict:
         )
     arrays = {k: np.concatenate(v) for k, v in data.items()}
 
-    behaviour = collect_behaviour(args, experts, envs, expert_dir, device) if args.snapshots else None
+    behaviour = collect_behaviour(args, experts, envs, snaps, device) if snaps is not None else None
     for env in envs:
         env.close()
     for k, v in arrays.items():

@@ -178,7 +178,16 @@ def corrupt_copy(src, dst, **changes):
     return dst
 
 
-@pytest.mark.parametrize("changes,msg", [({"task": "cheetah-run"}, "differ in task"), ({"obs_dim": 18}, "differ in obs_dim")])
+def with_obs_dim(n: int) -> dict:
+    """An expert file's entries for another observation size, consistent in themselves (td3.load_experts checks each
+    file's tensors against its sizes first): actor [n, 16, 16, 6], critics [n + 6, 16, 16, 1]."""
+    torch.manual_seed(0)
+    flat = lambda sizes: [t[0] for layer in td3.init_layers(1, sizes) for t in layer]  # noqa: E731
+    critic = [n + 6, 16, 16, 1]
+    return {"obs_dim": n, "actor": flat([n, 16, 16, 6]), "critic1": flat(critic), "critic2": flat(critic)}
+
+
+@pytest.mark.parametrize("changes,msg", [({"task": "cheetah-run"}, "differ in task"), (with_obs_dim(18), "differ in obs_dim")])
 def test_mixed_expert_dir_refused(tiny_experts, tmp_path, changes, msg):
     with pytest.raises(UserError, match=msg):
         run(corrupt_copy(tiny_experts, tmp_path / "mixed", **changes), tmp_path / "out")
@@ -203,7 +212,7 @@ def test_failure_leaves_no_complete_looking_set(rollouts, tiny_experts, tmp_path
 
     monkeypatch.setattr(td3, "atomic_save", failing)
     with pytest.raises(OSError):
-        run(tiny_experts, tmp_path / "out")
+        run(tiny_experts, tmp_path / "out", overwrite=True)
     assert not (tmp_path / "out" / "manifest.json").exists() and not (tmp_path / "out" / "behaviour" / "manifest.json").exists()
 
 
@@ -216,3 +225,129 @@ def test_cli_error_one_line_exit_2(tmp_path):
         text=True,
     )
     assert p.returncode == 2 and p.stderr.startswith("error: no experts found") and len(p.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Several --experts directories (shards of one sweep) merge
+# ---------------------------------------------------------------------------------------------
+def test_two_shards_give_the_same_bytes_as_one_directory(rollouts, tiny_experts, tmp_path):
+    """Each shard holds one context's expert, snapshots and snapshot_steps.npy (as td3.py --shard writes them); given
+    in either order, the merged set is ordered by label and every array equals the one-directory run's, byte for byte."""
+    for shard, label in (("shard_1", "goal_0.5"), ("shard_0", "goal_2")):
+        (tmp_path / shard).mkdir()
+        for name in (f"expert_{label}.pt", f"snapshots_{label}.npy", "snapshot_steps.npy"):
+            shutil.copy(tiny_experts / name, tmp_path / shard / name)
+    res = collect.main(
+        collect.Args(
+            experts=(str(tmp_path / "shard_0"), str(tmp_path / "shard_1")), out_dir=str(tmp_path / "o"), episodes=2, seed=3
+        )
+    )
+    assert [e["label"] for e in res["manifest"]["experts"]] == ["goal_0.5", "goal_2"]
+    for sub in ("", "behaviour"):
+        one, merged = sorted((rollouts[0] / sub).glob("*.npy")), sorted((tmp_path / "o" / sub).glob("*.npy"))
+        assert [p.name for p in one] == [p.name for p in merged] and one
+        for a, b in zip(one, merged):
+            assert a.read_bytes() == b.read_bytes(), a.name
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: every flag and file refused before any work, in one line, nothing written
+# ---------------------------------------------------------------------------------------------
+FLAG_CASES = [
+    ({"episodes": 0}, r"--episodes must be a finite number > 0, got 0"),
+    ({"snapshot_episodes": -1}, r"--snapshot-episodes must be a finite number > 0, got -1"),
+    ({"seed": -5}, r"--seed must be a finite number >= 0, got -5"),
+    ({"torch_threads": -2}, r"--torch-threads must be a finite number >= 0, got -2"),
+    pytest.param({"device": "cuda"}, r"cuda", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present")),
+]
+
+
+@pytest.mark.parametrize("flags,msg", FLAG_CASES)
+def test_bad_flags_refused_before_any_work(tiny_experts, tmp_path, flags, msg):
+    with pytest.raises(UserError, match=msg):
+        run(tiny_experts, tmp_path / "out", **flags)
+    assert not (tmp_path / "out").exists()
+
+
+def save_npy_object(path):  # an object array: loading it would need pickle
+    np.save(path, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+
+def edit_expert(change):
+    def edit(d):
+        td3.atomic_save(change(td3.safe_load(d / "expert_goal_2.pt")), d / "expert_goal_2.pt")
+
+    return edit
+
+
+def edit_npy(name, change):
+    def edit(d):
+        np.save(d / name, change(np.load(d / name)), allow_pickle=False)
+
+    return edit
+
+
+FILE_CASES = {  # name -> (an edit of a copy of tiny_experts, the message: what is wrong, naming the file)
+    "pt holding a list": (lambda d: td3.atomic_save([1, 2], d / "expert_goal_2.pt"), r"expert_goal_2.pt"),
+    "pt holding only actor": (lambda d: td3.atomic_save({"actor": []}, d / "expert_goal_2.pt"), r"expert_goal_2.pt"),
+    "truncated pt": (lambda d: truncate(d / "expert_goal_2.pt"), r"cannot load .*expert_goal_2.pt"),
+    "actor of other sizes": (
+        edit_expert(lambda e: e | {"hidden": [16, 8]}),
+        r"expert_goal_2.pt: 'actor' is not a list of tensors",
+    ),
+    "NaN weights": (edit_expert(lambda e: e | {"actor": [t * np.nan for t in e["actor"]]}), r"bad data in .*expert_goal_2.pt"),
+    "truncated snapshots": (lambda d: truncate(d / "snapshots_goal_2.npy"), r"cannot read .*snapshots_goal_2.npy"),
+    "object-dtype snapshots": (lambda d: save_npy_object(d / "snapshots_goal_2.npy"), r"cannot read .*snapshots_goal_2.npy"),
+    "NaN in snapshots": (edit_npy("snapshots_goal_2.npy", lambda a: a * np.nan), r"bad data in .*snapshots_goal_2.npy"),
+    "float snapshot_steps": (edit_npy("snapshot_steps.npy", lambda a: a.astype(np.float32)), r"snapshot_steps.npy holds float32"),
+    "snapshots of other width": (
+        edit_npy("snapshots_goal_2.npy", lambda a: a[:, :-1]),
+        r"snapshots_goal_2.npy has shape \(3, 661\); expected \(3, 662\)",
+    ),
+    "snapshots and steps of different lengths": (
+        edit_npy("snapshot_steps.npy", lambda a: a[:-1]),
+        r"snapshots_goal_0.5.npy has shape \(3, 662\); expected \(2, 662\)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", FILE_CASES)
+def test_bad_files_refused_before_any_work(tiny_experts, tmp_path, case):
+    edit, msg = FILE_CASES[case]
+    shutil.copytree(tiny_experts, tmp_path / "experts")
+    edit(tmp_path / "experts")
+    with pytest.raises(UserError, match=msg):
+        run(tmp_path / "experts", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_dir_a_file_or_holding_an_earlier_run(rollouts, tiny_experts, tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(UserError, match="is a file"):
+        run(tiny_experts, tmp_path / "file")
+    shutil.copytree(rollouts[0], tmp_path / "out")  # an earlier run: refused, and left as it was
+    before = {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    with pytest.raises(UserError, match=r"already holds an earlier run .* --overwrite"):
+        run(tiny_experts, tmp_path / "out", seed=4)
+    assert {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()} == before
+    (tmp_path / "out" / "behaviour" / "stale.npy").write_bytes(b"")  # removed with the earlier run's outputs
+    run(tiny_experts, tmp_path / "out", seed=4, snapshots=False, overwrite=True)
+    assert (
+        not (tmp_path / "out" / "behaviour").exists()
+        and json.loads((tmp_path / "out" / "manifest.json").read_text())["seed"] == 4
+    )
+
+
+@pytest.mark.parametrize(
+    "flags,msg",
+    [(["--episodes", "0"], "error: --episodes must be a finite number > 0, got 0"), (["--seed", "-5"], "error: --seed")],
+)
+def test_cli_bad_flag_one_line_exit_2(tiny_experts, tmp_path, flags, msg):
+    cmd = [sys.executable, "collect.py", "--experts", str(tiny_experts), "--out-dir", str(tmp_path / "o"), *flags]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.startswith(msg) and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert not (tmp_path / "o").exists()
