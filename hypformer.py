@@ -13,12 +13,14 @@ docs/reference_code.md#gen-hyprl-hypformer.
 
 Writes hypformer.pt (weights_only, a plain dict): format, task, obs/act dims, policy_sizes, condition, context_names,
 split (as HypLatent's), the HypFormer state_dict and sizes, num_priors, args, stats, and under "hyplatent" the whole
-HypLatent checkpoint but its discriminator, so the file alone generates policies.
+HypLatent checkpoint but its discriminator, so the file alone generates policies; TensorBoard events of the losses
+in tb/.
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -28,8 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import hyplatent
-from tasks import UserError, cli, context_label
-from td3 import atomic_save, resolve_device, safe_load, unflatten_layers
+from tasks import UserError, check_flags, cli, context_label, prepare_out_dir
+from td3 import Tracker, atomic_save, resolve_device, safe_load, unflatten_layers
 
 FORMAT = "cleanhyper-hypformer-v1"
 
@@ -43,7 +45,9 @@ class Args:
     seed: int = 1
     """seed of torch (everything is deterministic on CPU)"""
     out_dir: str = "runs/vel/hypformer"
-    """writes hypformer.pt here"""
+    """writes hypformer.pt and the TensorBoard events (tb/) here"""
+    overwrite: bool = False
+    """replace an earlier run's outputs in --out-dir (they are removed before this run starts)"""
     num_priors: int = 8
     """L, generator priors per sample (paper 8; 32 was best on unseen tasks)"""
     token_dim: int = 64
@@ -74,7 +78,13 @@ class Args:
     """CPU threads for torch (0: torch's default, one per core: fastest for one run alone; give 1 to each of several
     runs sharing the cores)"""
     log_interval: int = 500
-    """print progress every this many updates"""
+    """print progress, and log losses and steps/s to TensorBoard, every this many updates (0: never)"""
+    track: bool = False
+    """log to Weights & Biases too (pip install wandb); TensorBoard event files are always written to out_dir/tb"""
+    wandb_project_name: str = "cleanhyper"
+    """Weights & Biases project (with --track)"""
+    wandb_entity: str | None = None
+    """Weights & Biases entity (team or user; with --track)"""
 
 
 def mlp2(i: int, h: int, o: int, p: float) -> nn.Sequential:
@@ -122,13 +132,28 @@ def sample_priors(hl: dict, G, cond, L: int, generator=None):
 
 
 def load_checkpoint(path) -> dict:
-    """hypformer.pt (or the directory holding it), loaded without pickle, format checked."""
+    """hypformer.pt (or the directory holding it), loaded without pickle, format and contents checked."""
     path = Path(path)
+    if path.is_dir() and not (path / "hypformer.pt").is_file():
+        raise UserError(f"no hypformer.pt in {path} (the --out-dir of a hypformer.py run)")
     path = path / "hypformer.pt" if path.is_dir() else path
     ck = safe_load(path)
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         fmt = ck.get("format") if isinstance(ck, dict) else type(ck).__name__
         raise UserError(f"{path} is not a HypFormer checkpoint (format {fmt!r}; expected {FORMAT!r})")
+    if missing := [k for k in ("sizes", "hypformer", "num_priors", "hyplatent") if k not in ck]:
+        raise UserError(f"{path} is an incomplete HypFormer checkpoint (no {', '.join(missing)})")
+    if not isinstance(ck["hyplatent"], dict):
+        raise UserError(f"{path} is a damaged HypFormer checkpoint: its 'hyplatent' entry is not a HypLatent checkpoint")
+    hyplatent.check_checkpoint(ck["hyplatent"], path, "HypFormer")
+    try:
+        with torch.device("meta"):  # names and shapes only: no memory, no draw from the RNG
+            want = {k: v.shape for k, v in HypFormer(**ck["sizes"]).state_dict().items()}
+        ok = want == {k: v.shape for k, v in ck["hypformer"].items()} and type(ck["num_priors"]) is int
+    except (TypeError, ValueError, AttributeError, RuntimeError, AssertionError):
+        ok = False
+    if not ok:
+        raise UserError(f"{path} is a damaged HypFormer checkpoint: its weights do not match the sizes it states")
     return ck
 
 
@@ -149,32 +174,44 @@ def generate_policies(ckpt: dict, contexts: list, n: int = 1, seed: int = 0, dev
     return unflatten_layers(hyplatent.decode_latents(hl, models, z + res), hl["policy_sizes"])  # inference: latent + residue
 
 
+OUTPUTS = ("hypformer.pt", "tb")  # what a run writes into --out-dir
+
+
 def main(args: Args) -> dict:
-    torch.manual_seed(args.seed)
-    if args.torch_threads:  # 0: torch's default
-        torch.set_num_threads(args.torch_threads)
-    device, t0 = resolve_device(args.device), time.time()
+    # Every flag and every input file is checked before any work; nothing is written until they pass.
+    positive = ("num_priors", "token_dim", "heads", "ffn_dim", "steps", "batch_size", "lr")
+    nonnegative = ("seed", "lambda_cos", "lambda_res", "lambda_con", "torch_threads", "log_interval")
+    check_flags(args, positive, nonnegative, fraction=("dropout",))
     if args.residue_loss not in ("smooth-l1", "mse"):
         raise UserError(f"--residue-loss must be smooth-l1 or mse, not '{args.residue_loss}'")
-    if args.token_dim % args.heads or min(args.num_priors, args.steps, args.batch_size) < 1:
-        raise UserError("need --token-dim divisible by --heads and positive --num-priors, --steps, --batch-size")
+    if args.token_dim % args.heads:
+        raise UserError(f"--token-dim must be divisible by --heads, got {args.token_dim} and {args.heads}")
+    device = resolve_device(args.device)
     hl = hyplatent.load_checkpoint(args.hyplatent)
     data_dir = args.data or hl["data_dir"]  # the behaviour data HypLatent was trained on, unless --data says otherwise
     if not Path(data_dir).exists():
         raise UserError(f"behaviour data {data_dir} not found; pass --data (collect.py's rollouts directory)")
     data = hyplatent.load_data(data_dir)
-    if data["task"] != hl["task"] or data["policy_sizes"] != hl["policy_sizes"]:
-        got, want = f"{data['task']}, sizes {data['policy_sizes']}", f"{hl['task']}, sizes {hl['policy_sizes']}"
-        raise UserError(f"{data_dir} ({got}) does not match the HypLatent ({want})")
-    models = hyplatent.build_models(hl, device)  # eval mode: BatchNorm running statistics, no dropout
-    for p in models["G"].parameters():
-        p.requires_grad_(False)
-    Z, C = hyplatent.encode_dataset(hl, models, data)  # [M, D], [M, c], normalised as G's output and input
+    if (data["task"], data["policy_sizes"], data["context_names"]) != (hl["task"], hl["policy_sizes"], hl["context_names"]):
+        got, want = ((d["task"], d["policy_sizes"], d["context_names"]) for d in (data, hl))
+        raise UserError(
+            f"{data_dir} (task, policy sizes, context names {got}) does not match the HypLatent {args.hyplatent} ({want})"
+        )
     labels = [context_label(data["contexts"][i]) for i in data["context_id"].tolist()]
     test = {context_label(c) for c in hl["split"]["test"]}
     train = torch.tensor([lab not in test for lab in labels], device=device)
     if train.sum() < 2:
         raise UserError("fewer than 2 training samples outside HypLatent's held-out contexts")
+    out = prepare_out_dir(args.out_dir, OUTPUTS, overwrite=args.overwrite)
+
+    torch.manual_seed(args.seed)
+    if args.torch_threads:  # 0: torch's default
+        torch.set_num_threads(args.torch_threads)
+    t0 = time.time()
+    models = hyplatent.build_models(hl, device)  # eval mode: BatchNorm running statistics, no dropout
+    for p in models["G"].parameters():
+        p.requires_grad_(False)
+    Z, C = hyplatent.encode_dataset(hl, models, data)  # [M, D], [M, c], normalised as G's output and input
     Zt, Ct = Z[train], C[train]
     sizes = dict(D=Z.shape[1], cond_dim=C.shape[1], T=args.token_dim, heads=args.heads, ffn_dim=args.ffn_dim, p=args.dropout)
     model = HypFormer(**sizes).to(device)
@@ -182,17 +219,18 @@ def main(args: Args) -> dict:
     n_weights = sum(p.numel() for p in model.parameters())
     print(f"{hl['task']}: {len(Zt)} training samples, L = {args.num_priors} priors, {n_weights} parameters")
     avg, t1 = {}, time.time()
-    for step in range(1, args.steps + 1):
-        idx = torch.randint(0, len(Zt), (args.batch_size,))
-        priors = sample_priors(hl, models["G"], Ct[idx], args.num_priors)  # fresh priors every batch
-        losses = hypformer_losses(*model(priors, Ct[idx]), Zt[idx], priors, args)
-        opt.zero_grad()
-        losses["total"].backward()
-        opt.step()
-        cur = {k: v.item() for k, v in losses.items()}
-        hyplatent.check(step, cur)
-        avg = {k: 0.98 * avg.get(k, v) + 0.02 * v for k, v in cur.items()}
-        hyplatent.log("hypformer", step, args.steps, t1, avg, args.log_interval)
+    with closing(Tracker(out, args, track=args.track, project=args.wandb_project_name, entity=args.wandb_entity)) as tracker:
+        for step in range(1, args.steps + 1):
+            idx = torch.randint(0, len(Zt), (args.batch_size,))
+            priors = sample_priors(hl, models["G"], Ct[idx], args.num_priors)  # fresh priors every batch
+            losses = hypformer_losses(*model(priors, Ct[idx]), Zt[idx], priors, args)
+            opt.zero_grad()
+            losses["total"].backward()
+            opt.step()
+            cur = {k: v.item() for k, v in losses.items()}
+            hyplatent.check(step, cur, "--lr")
+            avg = {k: 0.98 * avg.get(k, v) + 0.02 * v for k, v in cur.items()}
+            hyplatent.log("hypformer", step, args.steps, t1, avg, args.log_interval, tracker)
 
     # How much closer to the expert latents than the priors (normalised latent space, fixed noise, eval mode). Held-out
     # contexts' experts are networks the autoencoder never saw, so their numbers only say how foreign they are.
@@ -222,10 +260,9 @@ def main(args: Args) -> dict:
         "hyplatent": {k: v for k, v in hl.items() if k != "discriminator"},  # all that generation needs: the file stands alone
         "stats": stats,
     }
-    out = Path(args.out_dir) / "hypformer.pt"
-    atomic_save(ckpt, out)
-    print(f"wrote {out}  ({time.time() - t0:.0f} s)")
-    return {"checkpoint": str(out), **stats, "wall_s": time.time() - t0}
+    atomic_save(ckpt, out / "hypformer.pt")
+    print(f"wrote {out / 'hypformer.pt'}  ({time.time() - t0:.0f} s)")
+    return {"checkpoint": str(out / "hypformer.pt"), **stats, "wall_s": time.time() - t0}
 
 
 if __name__ == "__main__":

@@ -15,14 +15,17 @@ docs/reference_code.md#gen-hyprl-parameter-autoencoder-and-behaviour-embedding, 
 Writes hyplatent.pt (weights_only, a plain dict): format, task, obs/act dims, policy_sizes, chunks, latent_dim,
 condition ('context' or 'behaviour'), context_names, cond_dim, noise_dim, the normalisers {shift, scale} (param_norm,
 latent_norm, cond_norm; traj_norm, post_norm for behaviour), autoencoder / generator / discriminator / embedding
-state_dicts, embed_sizes, args, data_dir, split {train, test: context dicts}, per-context summary, stats; and
-latent_pca.png. Later stages call load_checkpoint and generate_policies (or build_models, conditions_of, ...).
+state_dicts, embed_sizes, args, data_dir, split {train, test: context dicts}, per-context summary, stats; then
+latent_pca.png, and TensorBoard events of the losses in tb/. Later stages call load_checkpoint and generate_policies
+(or build_models, conditions_of, ...).
 """
 
 from __future__ import annotations
 
-import json
+import os
+import tempfile
 import time
+from contextlib import closing
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -32,8 +35,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tasks import TASKS, UserError, cli, context_label, parse_contexts
-from td3 import atomic_save, n_params, resolve_device, safe_load, unflatten_layers
+from collect import load_array, read_manifest
+from tasks import TASKS, UserError, check_flags, cli, context_label, parse_contexts, prepare_out_dir
+from td3 import Tracker, atomic_save, n_params, resolve_device, safe_load, unflatten_layers
 
 FORMAT = "cleanhyper-hyplatent-v1"
 GAIN = 1 / 3  # initial LayerNorm gain: latents start inside the clamp [-1, 1] (gain 1 clips a third, with no gradient)
@@ -46,7 +50,9 @@ class Args:
     seed: int = 1
     """seed of torch (everything is deterministic on CPU)"""
     out_dir: str = "runs/vel/hyplatent"
-    """writes hyplatent.pt and latent_pca.png here"""
+    """writes hyplatent.pt, latent_pca.png and the TensorBoard events (tb/) here"""
+    overwrite: bool = False
+    """replace an earlier run's outputs in --out-dir (they are removed before this run starts)"""
     condition: Literal["auto", "context", "behaviour"] = "auto"
     """'context' (numeric context, e.g. the Cheetah-Vel goal), 'behaviour' (trajectory embedding), or 'auto': context when the task has numeric contexts, else behaviour (MetaWorld)"""
     test_contexts: tuple[str, ...] = ()
@@ -100,33 +106,55 @@ class Args:
     """CPU threads for torch (0: torch's default, one per core: fastest for one run alone; give 1 to each of several
     runs sharing the cores)"""
     log_interval: int = 500
-    """print progress every this many updates"""
+    """print progress, and log losses and steps/s to TensorBoard, every this many updates (0: never)"""
+    track: bool = False
+    """log to Weights & Biases too (pip install wandb); TensorBoard event files are always written to out_dir/tb"""
+    wandb_project_name: str = "cleanhyper"
+    """Weights & Biases project (with --track)"""
+    wandb_entity: str | None = None
+    """Weights & Biases entity (team or user; with --track)"""
 
 
 # Data: collect.py's behaviour arrays (layout in its docstring) and normalisers {shift, scale}: x_n = (x - shift) / scale
 def load_data(path) -> dict:
-    """ROLLOUTS/manifest.json + ROLLOUTS/behaviour/*.npy -> dict of tensors, validated against each other."""
+    """ROLLOUTS/manifest.json + ROLLOUTS/behaviour/*.npy -> dict of tensors. Every file is checked for what this stage
+    needs (keys, dtypes, shapes, finite values, against each other): what is wrong is one UserError naming the file."""
     root = Path(path)
     root = root.parent if root.is_file() else root
     bdir = root / "behaviour"
     if not (root / "manifest.json").is_file() or not (bdir / "manifest.json").is_file():
         raise UserError(f"no behaviour data at {root} (expected manifest.json and behaviour/ written by collect.py)")
-    man, bman = json.loads((root / "manifest.json").read_text()), json.loads((bdir / "manifest.json").read_text())
-    arr = {}
-    for f in ("params", "param_context_id", "param_context", "traj", "post_success"):
-        if not (bdir / f"{f}.npy").is_file():
-            raise UserError(f"missing {bdir / f}.npy (written by collect.py)")
-        arr[f] = torch.from_numpy(np.load(bdir / f"{f}.npy", allow_pickle=False))
-    s, a, sizes = int(man["obs_dim"]), int(man["act_dim"]), [int(x) for x in bman["policy_sizes"]]
-    m = arr["params"].shape[0]
-    shapes = {"params": (m, n_params(sizes)), "param_context_id": (m,), "traj": (m, 20 * (s + 3 * a)), "post_success": (m, 3 * s)}
+    mf, bmf = root / "manifest.json", bdir / "manifest.json"
+    man = read_manifest(mf, {"task": str, "context_names": list, "contexts": list, "obs_dim": int, "act_dim": int})
+    sizes = read_manifest(bmf, {"policy_sizes": list})["policy_sizes"]
+    task, names, contexts, s, a = man["task"], man["context_names"], man["contexts"], man["obs_dim"], man["act_dim"]
+    if task not in TASKS:
+        raise UserError(f"{mf}: unknown task {task!r}; collect.py writes one of {', '.join(TASKS)}")
+    if not contexts or not all(isinstance(c, dict) for c in contexts):
+        raise UserError(f"{mf}: 'contexts' must be a non-empty list of context objects (name: value)")
+    if any(n not in TASKS[task]["vars"] for n in names):
+        raise UserError(f"{mf}: context_names {names} are not variables of {task} ({', '.join(TASKS[task]['vars'])})")
+    if len(sizes) < 2 or not all(type(n) is int and n > 0 for n in sizes) or (sizes[0], sizes[-1]) != (s, a):
+        raise UserError(f"{bmf}: policy_sizes {sizes} must be positive layer sizes from obs_dim {s} to act_dim {a}")
+    kinds = {"params": "f", "param_context_id": "iu", "param_context": "f", "traj": "f", "post_success": "f"}  # float, int
+    arr = {f: load_array(bdir / f"{f}.npy", kind, ndim=1 if kind == "iu" else 2) for f, kind in kinds.items()}
+    m = len(arr["params"])
+    shapes = {
+        "params": (m, n_params(sizes)),
+        "param_context_id": (m,),
+        "param_context": (m, len(names)),
+        "traj": (m, 20 * (s + 3 * a)),
+        "post_success": (m, 3 * s),
+    }
     for f, shape in shapes.items():
-        if tuple(arr[f].shape) != shape:
-            raise UserError(f"{bdir / f}.npy has shape {tuple(arr[f].shape)}; expected {shape} (policy sizes {sizes})")
-    ids = arr["param_context_id"].long()
-    if m == 0 or ids.min() < 0 or ids.max() >= len(man["contexts"]):
-        raise UserError(f"{bdir}/param_context_id must index the {len(man['contexts'])} manifest contexts (and M > 0)")
-    out = {"task": man["task"], "context_names": list(man["context_names"]), "contexts": man["contexts"], "context_id": ids}
+        if arr[f].shape != shape:
+            why = f"{m} rows as params.npy" if len(arr[f]) != m else f"obs_dim {s}, act_dim {a}, policy sizes {sizes}"
+            raise UserError(f"{bdir / f}.npy has shape {arr[f].shape}; expected {shape} ({why})")
+    ids = torch.from_numpy(arr["param_context_id"].astype(np.int64))
+    if m == 0 or ids.min() < 0 or ids.max() >= len(contexts):
+        raise UserError(f"{bdir}/param_context_id.npy must index the {len(contexts)} contexts of {mf} (and M > 0)")
+    arr = {f: torch.from_numpy(v) for f, v in arr.items()}
+    out = {"task": task, "context_names": list(names), "contexts": contexts, "context_id": ids}
     out.update(obs_dim=s, act_dim=a, policy_sizes=sizes, params=arr["params"].float(), traj=arr["traj"].float())
     return {**out, "context": arr["param_context"].float().reshape(m, -1), "post": arr["post_success"].float()}
 
@@ -238,19 +266,25 @@ class Discriminator(nn.Module):
 
 
 # Training
-def check(step: int, losses: dict) -> None:
+def check(step: int, losses: dict, lr_flag: str) -> None:
+    """Stop on a non-finite loss. The data were checked finite when loaded, so the step size is the likely cause."""
     for k, v in losses.items():
         if not np.isfinite(v):
-            raise UserError(f"non-finite {k} = {v} at step {step}; lower the learning rate or check the data")
+            raise UserError(f"non-finite {k} = {v} at step {step}; lower {lr_flag}")
 
 
-def log(stage: str, step: int, total: int, t0: float, losses: dict, every: int) -> None:
+def log(stage: str, step: int, total: int, t0: float, losses: dict, every: int, tracker=None) -> None:
+    """Every `every` steps and at the last (every 0: never): print the stage's progress and hand the same numbers to
+    the tracker as losses/<stage>_<name> (charts/<stage>_<name> for an accuracy) and charts/<stage>_SPS."""
     if every and (step % every == 0 or step == total):
         rate, text = step / (time.time() - t0), "  ".join(f"{k} {v:.4g}" for k, v in losses.items())
         print(f"{stage} {step:>6}/{total}  {rate:6.0f} steps/s  {text}", flush=True)
+        if tracker is not None:
+            tags = {f"{'charts' if k == 'acc' else 'losses'}/{stage}_{k}": v for k, v in losses.items()}
+            tracker.log(step, **tags, **{f"charts/{stage}_SPS": rate})
 
 
-def train_autoencoder(x, chunks: list[int], args: Args) -> ParamAutoencoder:
+def train_autoencoder(x, chunks: list[int], args: Args, tracker=None) -> ParamAutoencoder:
     """x: normalised params [N, P]. Eq. 1: weight * MSE(x, decode(clamp(noisy(encode(noisy(x))))))."""
     ae = ParamAutoencoder(chunks, args.latent_dim).to(x.device)
     opt = torch.optim.AdamW(ae.parameters(), lr=args.ae_lr, weight_decay=args.ae_weight_decay)
@@ -263,12 +297,12 @@ def train_autoencoder(x, chunks: list[int], args: Args) -> ParamAutoencoder:
         loss.backward()
         opt.step()
         sched.step()
-        check(step, {"ae_loss": loss.item()})
-        log("ae", step, args.ae_steps, t0, {"loss": loss.item()}, args.log_interval)
+        check(step, {"ae_loss": loss.item()}, "--ae-lr")
+        log("ae", step, args.ae_steps, t0, {"loss": loss.item()}, args.log_interval, tracker)
     return ae.eval()
 
 
-def train_embedding(traj, post, args: Args) -> tuple[BehaviourEmbedding, float]:
+def train_embedding(traj, post, args: Args, tracker=None) -> tuple[BehaviourEmbedding, float]:
     """traj [N, 20(S+3A)], post [N, 3S], both normalised. Returns the nets and the last InfoNCE row accuracy."""
     emb = BehaviourEmbedding(traj.shape[1], post.shape[1], args.embed_hidden, args.embed_dim).to(traj.device)
     opt = torch.optim.AdamW(emb.parameters(), lr=args.embed_lr, weight_decay=1e-4)
@@ -279,13 +313,13 @@ def train_embedding(traj, post, args: Args) -> tuple[BehaviourEmbedding, float]:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        check(step, {"infonce": loss.item()})
+        check(step, {"infonce": loss.item()}, "--embed-lr")
         accs = (accs + [acc.item()])[-100:]
-        log("embed", step, args.embed_steps, t0, {"infonce": loss.item(), "acc": np.mean(accs)}, args.log_interval)
+        log("embed", step, args.embed_steps, t0, {"infonce": loss.item(), "acc": np.mean(accs)}, args.log_interval, tracker)
     return emb.eval(), float(np.mean(accs)) if accs else float("nan")
 
 
-def train_gan(Z, C, args: Args) -> tuple[Generator, Discriminator, dict]:
+def train_gan(Z, C, args: Args, tracker=None) -> tuple[Generator, Discriminator, dict]:
     """Z: normalised latents [N, D], C: normalised conditions [N, c]. Losses eq. 3-5 as the released
     train_cond_behaviour_unet1d.py (docs/reference_code.md#gen-hyprl-hyplatent)."""
     D, c, B = Z.shape[1], C.shape[1], args.gan_batch_size
@@ -322,22 +356,57 @@ def train_gan(Z, C, args: Args) -> tuple[Generator, Discriminator, dict]:
         loss_mi.backward()
         mi_opt.step()
         cur = {"loss_d": loss_d.item(), "loss_adv": loss_adv.item(), "loss_l2": loss_l2.item(), "loss_info": loss_mi.item()}
-        check(step, cur)
+        check(step, cur, "--gan-lr")
         avg = {k: 0.98 * avg.get(k, v) + 0.02 * v for k, v in cur.items()}  # smoothed for the log
-        log("gan", step, args.gan_steps, t0, avg, args.log_interval)
+        log("gan", step, args.gan_steps, t0, avg, args.log_interval, tracker)
     return G.eval(), Fd.eval(), avg
 
 
 # Checkpoint -> policies (the API evaluate.py and hypformer.py use)
+# what generation needs (evaluate.py, hypformer.py); the discriminator only trains, and hypformer.pt leaves it out
+CHECKPOINT_KEYS = ("task", "obs_dim", "act_dim", "policy_sizes", "condition", "context_names", "chunks", "latent_dim")
+CHECKPOINT_KEYS += ("noise_dim", "cond_dim", "param_norm", "latent_norm", "cond_norm", "traj_norm", "autoencoder")
+CHECKPOINT_KEYS += ("generator", "embedding", "embed_sizes", "args", "data_dir", "split")
+
+
 def load_checkpoint(path) -> dict:
-    """hyplatent.pt (or the directory holding it), loaded without pickle, format checked."""
+    """hyplatent.pt (or the directory holding it), loaded without pickle, format and contents checked."""
     path = Path(path)
+    if path.is_dir() and not (path / "hyplatent.pt").is_file():
+        raise UserError(f"no hyplatent.pt in {path} (the --out-dir of a hyplatent.py run)")
     path = path / "hyplatent.pt" if path.is_dir() else path
     ck = safe_load(path)
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         fmt = ck.get("format") if isinstance(ck, dict) else type(ck).__name__
         raise UserError(f"{path} is not a HypLatent checkpoint (format {fmt!r}; expected {FORMAT!r})")
+    check_checkpoint(ck, path, "HypLatent")
     return ck
+
+
+def check_checkpoint(ck: dict, path, what: str) -> None:
+    """Every key generation reads, every state_dict's names and shapes and the normalisers' sizes agree with the
+    sizes the checkpoint states; checked on the meta device (no memory, no draw from the RNG)."""
+    if missing := [k for k in CHECKPOINT_KEYS if k not in ck]:
+        raise UserError(f"{path} is an incomplete {what} checkpoint (no {', '.join(missing)})")
+    try:
+        D, behaviour = len(ck["chunks"]) * ck["latent_dim"], ck["condition"] == "behaviour"
+        with torch.device("meta"):
+            nets = {"autoencoder": ParamAutoencoder(ck["chunks"], ck["latent_dim"])}
+            nets["generator"] = Generator(ck["noise_dim"] + ck["cond_dim"], D, ck["args"]["dropout"])
+            if behaviour:
+                nets["embedding"] = BehaviourEmbedding(**ck["embed_sizes"])
+        norms = {"param_norm": sum(ck["chunks"]), "latent_norm": D, "cond_norm": ck["cond_dim"]}
+        norms |= {"traj_norm": ck["embed_sizes"]["traj_dim"]} if behaviour else {}
+        ok = sum(ck["chunks"]) == n_params(ck["policy_sizes"]) and ck["condition"] in ("context", "behaviour")
+        ok = ok and behaviour == (ck["embedding"] is not None)
+        for name, net in nets.items():
+            ok = ok and {k: v.shape for k, v in net.state_dict().items()} == {k: v.shape for k, v in ck[name].items()}
+        for name, n in norms.items():
+            ok = ok and all(ck[name][part].shape == (n,) for part in ("shift", "scale"))
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError):
+        ok = False
+    if not ok:
+        raise UserError(f"{path} is a damaged {what} checkpoint: its weights do not match the sizes it states")
 
 
 def build_models(ckpt: dict, device="cpu") -> dict:
@@ -438,25 +507,46 @@ def plot_latent_pca(ckpt: dict, data_dir, path, per_context: int = 200) -> None:
     ax.set(xlabel="PC 1", ylabel="PC 2", title=f"HypLatent latents, {data['task']} ({ckpt['condition']} condition)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     plt.close(fig)
 
 
+def save_figure(fig, path) -> None:
+    """fig as a PNG, written atomically (a temp file in the same directory, then a rename): never half a plot."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png", dpi=100)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+OUTPUTS = ("hyplatent.pt", "latent_pca.png", "tb")  # what a run writes into --out-dir
+
+
 def main(args: Args) -> dict:
-    torch.manual_seed(args.seed)
-    if args.torch_threads:  # 0: torch's default
-        torch.set_num_threads(args.torch_threads)
-    dev, t_start = resolve_device(args.device), time.time()
+    # Every flag and every input file is checked before any work; nothing is written until they pass.
+    positive = ("latent_dim", "ae_steps", "ae_batch_size", "ae_lr", "embed_dim", "embed_hidden", "embed_steps")
+    positive += ("embed_batch_size", "embed_lr", "gan_steps", "gan_batch_size", "gan_lr")
+    nonnegative = ("seed", "ae_weight_decay", "ae_loss_weight", "noise_dim", "lambda_reg", "paired_l2_weight")
+    check_flags(args, positive, nonnegative + ("torch_threads", "log_interval"), ("input_noise", "latent_noise", "dropout"))
+    if args.latent_dim < 8:
+        raise UserError(f"--latent-dim must be >= 8 (the generator narrows 2 x latent-dim by 8), got {args.latent_dim}")
+    if args.condition not in ("auto", "context", "behaviour"):
+        raise UserError(f"--condition must be auto, context or behaviour, not '{args.condition}'")
+    dev = resolve_device(args.device)
     data = load_data(args.data)
     labels = [context_label(c) for c in data["contexts"]]
     kind = args.condition if args.condition != "auto" else ("context" if data["context_names"] else "behaviour")
-    if kind not in ("context", "behaviour"):
-        raise UserError(f"--condition must be auto, context or behaviour, not '{args.condition}'")
     if kind == "context" and not data["context_names"]:
         raise UserError(f"task '{data['task']}' has no numeric context; use --condition behaviour")
-    if args.latent_dim < 8 or min(args.ae_steps, args.gan_steps, args.ae_batch_size, args.gan_batch_size) < 1:
-        raise UserError("need --latent-dim >= 8 and positive step counts and batch sizes")
     test = [context_label(c) for c in parse_contexts(data["task"], args.test_contexts, args.seed)]
     if unknown := [t for t in test if t not in labels]:
         raise UserError(f"test contexts {unknown} are not in the data; its contexts: {' '.join(labels)}")
@@ -464,71 +554,80 @@ def main(args: Args) -> dict:
     train = torch.tensor([labels[i] not in test for i in ids.tolist()])  # [M] bool
     if train.sum() < 2:
         raise UserError("fewer than 2 training samples after holding out --test-contexts")
-    args = replace(args, noise_dim=args.noise_dim or (4 if kind == "context" else 128))  # the paper's sizes
-    sizes = data["policy_sizes"]
-    chunks = chunks_of(sizes)
-    print(
-        f"{data['task']}: {int(train.sum())} train / {int((~train).sum())} held-out samples, P = {sum(chunks)}, {kind} condition"
-    )
-    ckpt = {"format": FORMAT, "task": data["task"], "obs_dim": data["obs_dim"], "act_dim": data["act_dim"], "policy_sizes": sizes}
-    ckpt.update(condition=kind, context_names=data["context_names"], chunks=chunks, latent_dim=args.latent_dim)
-    ckpt.update(noise_dim=args.noise_dim, embedding=None, embed_sizes=None, traj_norm=None, post_norm=None)
+    out = prepare_out_dir(args.out_dir, OUTPUTS, overwrite=args.overwrite)
 
-    # Stage 1: the parameter autoencoder on params z-scored per feature over the training samples.
-    ckpt["param_norm"] = zscore(data["params"][train])
-    x = normalize(data["params"], ckpt["param_norm"]).to(dev)
-    ae = train_autoencoder(x[train.to(dev)], chunks, args)
-    with torch.no_grad():  # relative reconstruction error in raw parameter space, and relative to the spread around the mean
-        err = (unnormalize(ae.decode(ae.encode(x)), ckpt["param_norm"]).cpu() - data["params"]).norm(dim=1)
-        rel, rel_c = err / data["params"].norm(dim=1), err / (data["params"] - ckpt["param_norm"]["shift"]).norm(dim=1)
-    ae_stats = {"rel_error": rel[train].mean().item(), "rel_error_centered": rel_c[train].mean().item()}
-    if (~train).any():  # held-out contexts' actors are networks the autoencoder never saw (other runs): expect ~1
-        ae_stats.update(heldout_rel_error=rel[~train].mean().item(), heldout_rel_error_centered=rel_c[~train].mean().item())
-    print("autoencoder: " + "  ".join(f"{k} {v:.4f}" for k, v in ae_stats.items()))
+    torch.manual_seed(args.seed)
+    if args.torch_threads:  # 0: torch's default
+        torch.set_num_threads(args.torch_threads)
+    t_start = time.time()
+    tracker = Tracker(out, args, track=args.track, project=args.wandb_project_name, entity=args.wandb_entity)
+    with closing(tracker):  # closed on an error too: the losses up to a failure stay readable in out_dir/tb
+        args = replace(args, noise_dim=args.noise_dim or (4 if kind == "context" else 128))  # the paper's sizes
+        sizes = data["policy_sizes"]
+        chunks = chunks_of(sizes)
+        print(
+            f"{data['task']}: {int(train.sum())} train / {int((~train).sum())} held-out samples, P = {sum(chunks)}, {kind} condition"
+        )
+        ckpt = {"format": FORMAT, "task": data["task"], "obs_dim": data["obs_dim"], "act_dim": data["act_dim"]}
+        ckpt.update(policy_sizes=sizes)
+        ckpt.update(condition=kind, context_names=data["context_names"], chunks=chunks, latent_dim=args.latent_dim)
+        ckpt.update(noise_dim=args.noise_dim, embedding=None, embed_sizes=None, traj_norm=None, post_norm=None)
 
-    # Stage 1b: the condition. A numeric context maps the task's valid range to [-1, 1] (fixed, so unseen contexts in
-    # the range stay in it); behaviour: h = phi(traj), limits-normalised over the training samples.
-    models, embed_acc = {"ae": ae, "embed": None}, None
-    if kind == "context":
-        rng = torch.tensor([TASKS[data["task"]]["vars"][n][1:] for n in data["context_names"]])  # [C, (lo, hi)]
-        ckpt["cond_norm"], ckpt["cond_dim"] = {"shift": rng.mean(1), "scale": (rng[:, 1] - rng[:, 0]) / 2}, rng.shape[0]
-    else:
-        ckpt["traj_norm"], ckpt["post_norm"] = limits(data["traj"][train]), limits(data["post"][train])
-        tr = normalize(data["traj"][train], ckpt["traj_norm"]).to(dev)  # [N, 20(S+3A)]
-        po = normalize(data["post"][train], ckpt["post_norm"]).to(dev)  # [N, 3S]
-        models["embed"], embed_acc = train_embedding(tr, po, args)
-        with torch.no_grad():
-            ckpt["cond_norm"], ckpt["cond_dim"] = limits(models["embed"].phi(tr).cpu()), args.embed_dim
-        ckpt["embedding"] = {k: v.cpu() for k, v in models["embed"].state_dict().items()}
-        ckpt["embed_sizes"] = dict(traj_dim=tr.shape[1], post_dim=po.shape[1], hidden=args.embed_hidden, dim=args.embed_dim)
-    with torch.no_grad():  # latents normalised per feature to [-1, 1] over the training samples, as the released code
-        ckpt["latent_norm"] = limits(ae.encode(x[train.to(dev)]).clamp(-1, 1).flatten(1).cpu())
-    Z, C = encode_dataset(ckpt, models, data)  # [M, 2d], [M, c]
+        # Stage 1: the parameter autoencoder on params z-scored per feature over the training samples.
+        ckpt["param_norm"] = zscore(data["params"][train])
+        x = normalize(data["params"], ckpt["param_norm"]).to(dev)
+        ae = train_autoencoder(x[train.to(dev)], chunks, args, tracker)
+        with torch.no_grad():  # relative reconstruction error in raw parameter space, and relative to the spread around the mean
+            err = (unnormalize(ae.decode(ae.encode(x)), ckpt["param_norm"]).cpu() - data["params"]).norm(dim=1)
+            rel, rel_c = err / data["params"].norm(dim=1), err / (data["params"] - ckpt["param_norm"]["shift"]).norm(dim=1)
+        ae_stats = {"rel_error": rel[train].mean().item(), "rel_error_centered": rel_c[train].mean().item()}
+        if (~train).any():  # held-out contexts' actors are networks the autoencoder never saw (other runs): expect ~1
+            ae_stats.update(heldout_rel_error=rel[~train].mean().item(), heldout_rel_error_centered=rel_c[~train].mean().item())
+        print("autoencoder: " + "  ".join(f"{k} {v:.4f}" for k, v in ae_stats.items()))
 
-    # Stage 2: HypLatent.
-    G, Fd, gan_stats = train_gan(Z[train.to(dev)], C[train.to(dev)], args)
-    Z, C, present = Z.cpu(), C.cpu(), [k for k in range(len(labels)) if (ids == k).any()]
-    ckpt.update(
-        autoencoder={k: v.cpu() for k, v in ae.state_dict().items()},
-        generator={k: v.cpu() for k, v in G.state_dict().items()},
-        discriminator={k: v.cpu() for k, v in Fd.state_dict().items()},
-        args={k: list(v) if isinstance(v, tuple) else v for k, v in asdict(args).items()},
-        data_dir=str(Path(args.data).resolve()),
-        split={
-            "train": [data["contexts"][k] for k in present if labels[k] not in test],
-            "test": [data["contexts"][labels.index(t)] for t in test],
-        },
-        summary={  # per context present in the data: sample count, mean condition and mean latent (normalised)
-            "labels": [labels[k] for k in present],
-            "count": [int((ids == k).sum()) for k in present],
-            "condition_mean": torch.stack([C[ids == k].mean(0) for k in present]),
-            "latent_mean": torch.stack([Z[ids == k].mean(0) for k in present]),
-        },
-        stats={"autoencoder": ae_stats, "embed_accuracy": embed_acc, "gan": gan_stats},
-    )
-    out = Path(args.out_dir)
-    atomic_save(ckpt, out / "hyplatent.pt")
+        # Stage 1b: the condition. A numeric context maps the task's valid range to [-1, 1] (fixed, so unseen contexts in
+        # the range stay in it); behaviour: h = phi(traj), limits-normalised over the training samples.
+        models, embed_acc = {"ae": ae, "embed": None}, None
+        if kind == "context":
+            rng = torch.tensor([TASKS[data["task"]]["vars"][n][1:] for n in data["context_names"]])  # [C, (lo, hi)]
+            ckpt["cond_norm"], ckpt["cond_dim"] = {"shift": rng.mean(1), "scale": (rng[:, 1] - rng[:, 0]) / 2}, rng.shape[0]
+        else:
+            ckpt["traj_norm"], ckpt["post_norm"] = limits(data["traj"][train]), limits(data["post"][train])
+            tr = normalize(data["traj"][train], ckpt["traj_norm"]).to(dev)  # [N, 20(S+3A)]
+            po = normalize(data["post"][train], ckpt["post_norm"]).to(dev)  # [N, 3S]
+            models["embed"], embed_acc = train_embedding(tr, po, args, tracker)
+            with torch.no_grad():
+                ckpt["cond_norm"], ckpt["cond_dim"] = limits(models["embed"].phi(tr).cpu()), args.embed_dim
+            ckpt["embedding"] = {k: v.cpu() for k, v in models["embed"].state_dict().items()}
+            ckpt["embed_sizes"] = dict(traj_dim=tr.shape[1], post_dim=po.shape[1], hidden=args.embed_hidden, dim=args.embed_dim)
+        with torch.no_grad():  # latents normalised per feature to [-1, 1] over the training samples, as the released code
+            ckpt["latent_norm"] = limits(ae.encode(x[train.to(dev)]).clamp(-1, 1).flatten(1).cpu())
+        Z, C = encode_dataset(ckpt, models, data)  # [M, 2d], [M, c]
+
+        # Stage 2: HypLatent.
+        G, Fd, gan_stats = train_gan(Z[train.to(dev)], C[train.to(dev)], args, tracker)
+        Z, C, present = Z.cpu(), C.cpu(), [k for k in range(len(labels)) if (ids == k).any()]
+        ckpt.update(
+            autoencoder={k: v.cpu() for k, v in ae.state_dict().items()},
+            generator={k: v.cpu() for k, v in G.state_dict().items()},
+            discriminator={k: v.cpu() for k, v in Fd.state_dict().items()},
+            args={k: list(v) if isinstance(v, tuple) else v for k, v in asdict(args).items()},
+            data_dir=str(Path(args.data).resolve()),
+            split={
+                "train": [data["contexts"][k] for k in present if labels[k] not in test],
+                "test": [data["contexts"][labels.index(t)] for t in test],
+            },
+            summary={  # per context present in the data: sample count, mean condition and mean latent (normalised)
+                "labels": [labels[k] for k in present],
+                "count": [int((ids == k).sum()) for k in present],
+                "condition_mean": torch.stack([C[ids == k].mean(0) for k in present]),
+                "latent_mean": torch.stack([Z[ids == k].mean(0) for k in present]),
+            },
+            stats={"autoencoder": ae_stats, "embed_accuracy": embed_acc, "gan": gan_stats},
+        )
+    # the checkpoint last: it marks a complete run
     plot_latent_pca(ckpt, args.data, out / "latent_pca.png")
+    atomic_save(ckpt, out / "hyplatent.pt")
     wall = time.time() - t_start
     print(f"wrote {out / 'hyplatent.pt'} and {out / 'latent_pca.png'}  ({wall:.0f} s)")
     return {"checkpoint": str(out / "hyplatent.pt"), "plot": str(out / "latent_pca.png"), **ckpt["stats"], "wall_s": wall}

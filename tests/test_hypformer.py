@@ -1,6 +1,9 @@
 """Tests of hypformer.py: attention stays inside each sample, the loss terms, checkpoints and generation."""
 
+import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,7 +15,7 @@ import hyplatent
 import tasks
 import td3
 from tasks import UserError
-from test_hyplatent import mw_data, tiny_args, vel_data
+from test_hyplatent import ROOT, mw_data, scalars, tiny_args, truncate, vel_data
 
 
 def tiny_hf_args(tmp_path, **kw):
@@ -63,11 +66,13 @@ def test_losses_equal_hand_computed_values():
 def test_main_checkpoint_stands_alone_and_generates_deterministically(tmp_path):
     data = vel_data(tmp_path)
     hyplatent.main(tiny_args(tmp_path, data, test_contexts=("2.5",)))
-    res = hypformer.main(tiny_hf_args(tmp_path))
+    res = hypformer.main(tiny_hf_args(tmp_path, log_interval=10))
     assert {"train", "heldout", "losses"} <= set(res) and np.isfinite(res["train"]["mse_hypformer"])
+    assert [step for step, _ in scalars(tmp_path / "hf", "losses/hypformer_total")] == [10, 20]  # TensorBoard events
+    assert [step for step, _ in scalars(tmp_path / "hf", "charts/hypformer_SPS")] == [10, 20]
     raw = torch.load(tmp_path / "hf" / "hypformer.pt", weights_only=True)
     assert raw["format"] == "cleanhyper-hypformer-v1" and raw["num_priors"] == 8
-    hypformer.main(tiny_hf_args(tmp_path, out_dir=str(tmp_path / "hf2")))  # the same seed gives the same weights
+    hypformer.main(tiny_hf_args(tmp_path, out_dir=str(tmp_path / "hf2")))  # the same seed gives the same weights (logging or not)
     raw2 = torch.load(tmp_path / "hf2" / "hypformer.pt", weights_only=True)
     assert all(torch.equal(raw["hypformer"][k], raw2["hypformer"][k]) for k in raw["hypformer"])
     shutil.rmtree(tmp_path / "hl")  # the HypFormer file carries everything generation needs
@@ -105,3 +110,126 @@ def test_behaviour_kind_and_errors(tmp_path):
         hypformer.main(tiny_hf_args(tmp_path, data=str(vel_data(tmp_path))))
     with pytest.raises(UserError, match="residue-loss"):
         hypformer.main(tiny_hf_args(tmp_path, residue_loss="l1"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: every flag and file refused before any work, in one line, nothing written
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def hl_dir(tmp_path_factory):
+    """A tiny Cheetah-Vel HypLatent (its out_dir), trained once for the cases below."""
+    tmp = tmp_path_factory.mktemp("hl")
+    hyplatent.main(tiny_args(tmp, vel_data(tmp)))
+    return tmp / "hl"
+
+
+FLAG_CASES = [
+    ({"steps": 0}, r"--steps must be a finite number > 0, got 0"),
+    ({"batch_size": -4}, r"--batch-size must be a finite number > 0, got -4"),
+    ({"lr": float("nan")}, r"--lr must be a finite number > 0, got nan"),
+    ({"seed": -5}, r"--seed must be a finite number >= 0, got -5"),
+    ({"num_priors": 0}, r"--num-priors must be a finite number > 0, got 0"),
+    ({"lambda_res": -1.0}, r"--lambda-res must be a finite number >= 0, got -1.0"),
+    ({"dropout": 2.0}, r"--dropout must be a finite number in \[0, 1\], got 2.0"),
+    ({"token_dim": 30}, r"--token-dim must be divisible by --heads, got 30 and 4"),
+    ({"residue_loss": "l1"}, r"--residue-loss must be smooth-l1 or mse"),
+    pytest.param({"device": "cuda"}, r"cuda", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present")),
+]
+
+
+@pytest.mark.parametrize("flags,msg", FLAG_CASES)
+def test_bad_flags_refused_before_any_work(hl_dir, tmp_path, flags, msg):
+    with pytest.raises(UserError, match=msg):
+        hypformer.main(tiny_hf_args(tmp_path, hyplatent=str(hl_dir), **flags))
+    assert not (tmp_path / "hf").exists()
+
+
+def broken_hyplatent(hl_dir, d, change=None) -> dict:
+    """--hyplatent d/x holding hl_dir's hyplatent.pt changed by `change` (checkpoint -> what to save), or truncated."""
+    (d / "x").mkdir()
+    if change is None:
+        (d / "x" / "hyplatent.pt").write_bytes((hl_dir / "hyplatent.pt").read_bytes()[:2000])
+    else:
+        td3.atomic_save(change(torch.load(hl_dir / "hyplatent.pt", weights_only=True)), d / "x" / "hyplatent.pt")
+    return {"hyplatent": str(d / "x")}
+
+
+def other_variable(data):  # the same task and sizes, conditioned on another set of context variables
+    man = json.loads((data / "manifest.json").read_text())
+    (data / "manifest.json").write_text(json.dumps(man | {"context_names": []}))
+    np.save(data / "behaviour" / "param_context.npy", np.zeros((30, 0), np.float32))
+    return data
+
+
+def truncated_manifest(data):
+    truncate(data / "manifest.json")
+    return data
+
+
+FILE_CASES = {  # name -> (hl_dir, a scratch dir -> --hyplatent and --data; the message: what is wrong, naming the file)
+    "no hyplatent.pt": (lambda hl, d: {"hyplatent": str(d)}, r"no hyplatent.pt in .* \(the --out-dir of a hyplatent.py run\)"),
+    "a .pt holding a list": (
+        lambda hl, d: broken_hyplatent(hl, d, lambda ck: [1, 2]),
+        r"x/hyplatent.pt is not a HypLatent checkpoint \(format 'list'",
+    ),
+    "a hyplatent.pt without its generator": (
+        lambda hl, d: broken_hyplatent(hl, d, lambda ck: {k: v for k, v in ck.items() if k != "generator"}),
+        r"x/hyplatent.pt is an incomplete HypLatent checkpoint \(no generator\)",
+    ),
+    "a truncated hyplatent.pt": (lambda hl, d: broken_hyplatent(hl, d), r"cannot load .*x/hyplatent.pt"),
+    "data of other context variables": (
+        lambda hl, d: {"hyplatent": str(hl), "data": str(other_variable(vel_data(d)))},
+        r"vel \(task, policy sizes, context names .*\) does not match the HypLatent",
+    ),
+    "truncated data manifest": (
+        lambda hl, d: {"hyplatent": str(hl), "data": str(truncated_manifest(vel_data(d)))},
+        r"vel/manifest.json is not valid JSON",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", FILE_CASES)
+def test_bad_files_refused_before_any_work(hl_dir, tmp_path, case):
+    paths, msg = FILE_CASES[case]
+    with pytest.raises(UserError, match=msg):
+        hypformer.main(tiny_hf_args(tmp_path, **paths(hl_dir, tmp_path)))
+    assert not (tmp_path / "hf").exists()
+
+
+def test_out_dir_a_file_or_holding_an_earlier_run(hl_dir, tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(UserError, match="is a file"):
+        hypformer.main(tiny_hf_args(tmp_path, hyplatent=str(hl_dir), out_dir=str(tmp_path / "file")))
+    hypformer.main(tiny_hf_args(tmp_path, hyplatent=str(hl_dir)))
+    before = (tmp_path / "hf" / "hypformer.pt").read_bytes()
+    with pytest.raises(UserError, match=r"already holds an earlier run \(hypformer.pt.*\); pass --overwrite"):
+        hypformer.main(tiny_hf_args(tmp_path, hyplatent=str(hl_dir), seed=2))
+    assert (tmp_path / "hf" / "hypformer.pt").read_bytes() == before
+    hypformer.main(tiny_hf_args(tmp_path, hyplatent=str(hl_dir), seed=2, overwrite=True))
+    assert hypformer.load_checkpoint(tmp_path / "hf")["args"]["seed"] == 2
+
+
+def test_checkpoints_that_are_not_hypformer_ones(hl_dir, tmp_path):
+    hypformer.main(tiny_hf_args(tmp_path, hyplatent=str(hl_dir)))
+    ck = torch.load(tmp_path / "hf" / "hypformer.pt", weights_only=True)
+    cases = {
+        "list": ([1, 2], r"is not a HypFormer checkpoint \(format 'list'"),
+        "no sizes": ({k: v for k, v in ck.items() if k != "sizes"}, r"incomplete HypFormer checkpoint \(no sizes\)"),
+        "other sizes": (ck | {"sizes": ck["sizes"] | {"T": 16}}, r"damaged HypFormer checkpoint"),
+        "damaged hyplatent part": (ck | {"hyplatent": ck["hyplatent"] | {"latent_dim": 8}}, r"damaged HypFormer checkpoint"),
+    }
+    for name, (obj, msg) in cases.items():
+        td3.atomic_save(obj, tmp_path / f"{name}.pt")
+        with pytest.raises(UserError, match=msg):
+            hypformer.load_checkpoint(tmp_path / f"{name}.pt")
+
+
+@pytest.mark.parametrize(
+    "flags,msg",
+    [(["--steps", "0"], "error: --steps must be a finite number > 0, got 0"), (["--seed", "-5"], "error: --seed")],
+)
+def test_cli_one_line_exit_2(hl_dir, tmp_path, flags, msg):
+    cmd = [sys.executable, "hypformer.py", "--hyplatent", str(hl_dir), "--out-dir", str(tmp_path / "hf"), *flags]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.startswith(msg) and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert not (tmp_path / "hf").exists()

@@ -1,6 +1,9 @@
 """Tests of hyplatent.py: autoencoder on real TD3 actors, behaviour embedding, HypLatent on a toy distribution, checkpoints."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,8 @@ import hyplatent
 import tasks
 import td3
 from tasks import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,9 +194,23 @@ def test_hyplatent_learns_a_toy_conditional_distribution():
 # ---------------------------------------------------------------------------------------------
 # main, checkpoint, generate_policies, errors
 # ---------------------------------------------------------------------------------------------
+def scalars(out_dir, tag) -> list[tuple[int, float]]:
+    """(step, value) of one tag in the TensorBoard events under out_dir/tb, read back as TensorBoard reads them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (run,) = {p.parent for p in (Path(out_dir) / "tb").rglob("events.out.tfevents*")}
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
 def test_main_checkpoint_generates_policies_deterministically(tmp_path):
     data = vel_data(tmp_path)
-    res = hyplatent.main(tiny_args(tmp_path, data, test_contexts=("1.5",)))
+    res = hyplatent.main(tiny_args(tmp_path, data, test_contexts=("1.5",), log_interval=10))
+    for stage in ("ae", "gan"):  # losses and steps/s at the log interval, in TensorBoard
+        loss = scalars(tmp_path / "hl", "losses/ae_loss" if stage == "ae" else "losses/gan_loss_info")
+        assert [step for step, _ in loss] == [10, 20, 30] and all(np.isfinite(v) for _, v in loss)
+        assert [step for step, _ in scalars(tmp_path / "hl", f"charts/{stage}_SPS")] == [10, 20, 30]
     assert Path(res["plot"]).is_file() and np.isfinite(res["autoencoder"]["rel_error"])
     raw = torch.load(tmp_path / "hl" / "hyplatent.pt", weights_only=True)  # plain tensors, lists, dicts: no pickle
     ck = hyplatent.load_checkpoint(tmp_path / "hl")
@@ -212,7 +231,7 @@ def test_main_checkpoint_generates_policies_deterministically(tmp_path):
     fake = {"G": lambda noise, cond: cond}  # context-major: the n samples of context 0 come first
     rows = hyplatent.sample_latents(ck, fake, hyplatent.conditions_of(ck, fake, contexts), 2, seed=0)
     assert rows[:, 0].tolist() == pytest.approx([-2 / 3, -2 / 3, 0.0, 0.0, 1.0, 1.0])  # goals 0.5, 1.5, 3 of [0, 3] -> [-1, 1]
-    # the same seed gives the same checkpoint
+    # the same seed gives the same checkpoint (logging or not)
     hyplatent.main(tiny_args(tmp_path, data, test_contexts=("1.5",), out_dir=str(tmp_path / "hl2")))
     ck2 = hyplatent.load_checkpoint(tmp_path / "hl2" / "hyplatent.pt")
     for part in ("autoencoder", "generator", "discriminator"):
@@ -250,8 +269,171 @@ def test_errors_are_user_errors(tmp_path):
     params = np.load(data / "behaviour" / "params.npy")
     params[3, 5] = np.nan
     np.save(data / "behaviour" / "params.npy", params)
-    with pytest.raises(UserError, match="non-finite ae_loss .* at step 1"):
+    with pytest.raises(UserError, match=r"bad data in .*params.npy: 1 NaN"):  # the data, not the learning rate
         hyplatent.main(tiny_args(tmp_path, data))
+    with pytest.raises(UserError, match="non-finite ae_loss = nan at step 7; lower --ae-lr"):
+        hyplatent.check(7, {"ae_loss": float("nan")}, "--ae-lr")
+    params[3, 5] = 0.0
     np.save(data / "behaviour" / "params.npy", params[:, :-1])
     with pytest.raises(UserError, match="shape"):
         hyplatent.main(tiny_args(tmp_path, data))
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: every flag and file refused before any work, in one line, nothing written
+# ---------------------------------------------------------------------------------------------
+FLAG_CASES = [
+    ({"ae_steps": 0}, r"--ae-steps must be a finite number > 0, got 0"),
+    ({"gan_batch_size": -4}, r"--gan-batch-size must be a finite number > 0, got -4"),
+    ({"gan_lr": float("nan")}, r"--gan-lr must be a finite number > 0, got nan"),
+    ({"ae_lr": float("inf")}, r"--ae-lr must be a finite number > 0, got inf"),
+    ({"seed": -5}, r"--seed must be a finite number >= 0, got -5"),
+    ({"log_interval": -1}, r"--log-interval must be a finite number >= 0, got -1"),
+    ({"dropout": 1.5}, r"--dropout must be a finite number in \[0, 1\], got 1.5"),
+    ({"latent_dim": 4}, r"--latent-dim must be >= 8"),
+    ({"condition": "both"}, r"--condition must be auto, context or behaviour"),
+    pytest.param({"device": "cuda"}, r"cuda", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present")),
+]
+
+
+@pytest.mark.parametrize("flags,msg", FLAG_CASES)
+def test_bad_flags_refused_before_any_work(tmp_path, flags, msg):
+    with pytest.raises(UserError, match=msg):
+        hyplatent.main(tiny_args(tmp_path, vel_data(tmp_path), **flags))
+    assert not (tmp_path / "hl").exists()
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+
+def edit_json(name, change):
+    def edit(d):
+        (d / name).write_text(json.dumps(change(json.loads((d / name).read_text()))))
+
+    return edit
+
+
+def edit_npy(name, change):
+    def edit(d):
+        np.save(d / "behaviour" / name, change(np.load(d / "behaviour" / name)), allow_pickle=False)
+
+    return edit
+
+
+def with_nan(a):
+    a = a.copy()
+    a[3, 5] = np.nan
+    return a
+
+
+FILE_CASES = {  # name -> (an edit of vel_data, the message: what is wrong, naming the file)
+    "truncated manifest": (lambda d: truncate(d / "manifest.json"), r"manifest.json is not valid JSON"),
+    "manifest a list": (lambda d: (d / "manifest.json").write_text("[]"), r"manifest.json holds a JSON list"),
+    "manifest missing a key": (edit_json("manifest.json", lambda m: m.pop("obs_dim") and m), r"manifest.json has no 'obs_dim'"),
+    "manifest key of the wrong type": (
+        edit_json("manifest.json", lambda m: m | {"act_dim": "6"}),
+        r"manifest.json: 'act_dim' is '6'; expected a int",
+    ),
+    "unknown task": (edit_json("manifest.json", lambda m: m | {"task": "pong"}), r"manifest.json: unknown task 'pong'"),
+    "behaviour manifest missing policy_sizes": (
+        edit_json("behaviour/manifest.json", lambda m: {}),
+        r"behaviour/manifest.json has no 'policy_sizes'",
+    ),
+    "policy sizes not from obs_dim to act_dim": (
+        edit_json("behaviour/manifest.json", lambda m: m | {"policy_sizes": [18, 8, 8, 6]}),
+        r"behaviour/manifest.json: policy_sizes \[18, 8, 8, 6\]",
+    ),
+    "float context_id": (
+        edit_npy("param_context_id.npy", lambda a: a.astype(np.float32)),
+        r"param_context_id.npy holds float32 values; expected integer",
+    ),
+    "context_id out of range": (edit_npy("param_context_id.npy", lambda a: a + 1), r"param_context_id.npy must index the 3"),
+    "truncated npy": (lambda d: truncate(d / "behaviour" / "params.npy"), r"cannot read .*params.npy"),
+    "object-dtype npy": (
+        lambda d: np.save(d / "behaviour" / "traj.npy", np.array([{}, None], dtype=object), allow_pickle=True),
+        r"cannot read .*traj.npy",
+    ),
+    "missing npy": (lambda d: (d / "behaviour" / "post_success.npy").unlink(), r"missing file: .*post_success.npy"),
+    "NaN in the data": (edit_npy("traj.npy", with_nan), r"bad data in .*traj.npy: 1 NaN or infinite"),
+    "params of other width": (
+        edit_npy("params.npy", lambda a: a[:, :-1]),
+        r"params.npy has shape \(30, 269\); expected \(30, 270\)",
+    ),
+    "arrays of different lengths": (
+        edit_npy("traj.npy", lambda a: a[:-1]),
+        r"traj.npy has shape \(29, 700\); expected \(30, 700\) \(30 rows",
+    ),
+    "params of rank 1": (
+        edit_npy("params.npy", lambda a: a[0]),
+        r"params.npy has shape \(270,\); expected an array of 2 dimensions",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", FILE_CASES)
+def test_bad_files_refused_before_any_work(tmp_path, case):
+    edit, msg = FILE_CASES[case]
+    data = vel_data(tmp_path)
+    edit(data)
+    with pytest.raises(UserError, match=msg):
+        hyplatent.main(tiny_args(tmp_path, data))
+    assert not (tmp_path / "hl").exists()
+
+
+def test_out_dir_a_file_or_holding_an_earlier_run(tmp_path):
+    data = vel_data(tmp_path)
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(UserError, match="is a file"):
+        hyplatent.main(tiny_args(tmp_path, data, out_dir=str(tmp_path / "file")))
+    hyplatent.main(tiny_args(tmp_path, data, log_interval=10))
+    before = {p: p.read_bytes() for p in (tmp_path / "hl").rglob("*") if p.is_file()}
+    with pytest.raises(UserError, match=r"already holds an earlier run .*; pass --overwrite"):
+        hyplatent.main(tiny_args(tmp_path, data, seed=2))
+    assert {p: p.read_bytes() for p in (tmp_path / "hl").rglob("*") if p.is_file()} == before  # left as it was
+    hyplatent.main(tiny_args(tmp_path, data, seed=2, overwrite=True))  # replaces it, the earlier events with it
+    assert hyplatent.load_checkpoint(tmp_path / "hl")["args"]["seed"] == 2
+    assert not [p for p in before if p.exists() and "tb" in p.parts]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only directories")
+def test_read_only_out_dir_refused(tmp_path):
+    (tmp_path / "ro").mkdir(mode=0o555)
+    with pytest.raises(UserError, match="not writable"):
+        hyplatent.main(tiny_args(tmp_path, vel_data(tmp_path), out_dir=str(tmp_path / "ro")))
+
+
+def test_checkpoints_that_are_not_hyplatent_ones(tmp_path):
+    hyplatent.main(tiny_args(tmp_path, vel_data(tmp_path)))
+    ck = torch.load(tmp_path / "hl" / "hyplatent.pt", weights_only=True)
+    cases = {
+        "list": ([1, 2], r"is not a HypLatent checkpoint \(format 'list'"),
+        "no format": ({"generator": {}}, r"is not a HypLatent checkpoint \(format None"),
+        "no generator": ({k: v for k, v in ck.items() if k != "generator"}, r"incomplete HypLatent checkpoint \(no generator\)"),
+        "other sizes": (ck | {"latent_dim": 32}, r"damaged HypLatent checkpoint: its weights do not match"),
+    }
+    for name, (obj, msg) in cases.items():
+        td3.atomic_save(obj, tmp_path / f"{name}.pt")
+        with pytest.raises(UserError, match=msg):
+            hyplatent.load_checkpoint(tmp_path / f"{name}.pt")
+    (tmp_path / "truncated.pt").write_bytes((tmp_path / "hl" / "hyplatent.pt").read_bytes()[:1000])
+    with pytest.raises(UserError, match=r"cannot load .*truncated.pt"):
+        hyplatent.load_checkpoint(tmp_path / "truncated.pt")
+
+
+CLI_CASES = [  # (flags, an edit of the data, the one line on stderr starts with)
+    (["--ae-steps", "0"], None, "error: --ae-steps must be a finite number > 0, got 0"),
+    (["--seed", "-5"], None, "error: --seed must be a finite number >= 0, got -5"),
+    ([], lambda d: truncate(d / "manifest.json"), f"error: {{}}{os.sep}manifest.json is not valid JSON"),
+]
+
+
+@pytest.mark.parametrize("flags,edit,msg", CLI_CASES)
+def test_cli_one_line_exit_2(tmp_path, flags, edit, msg):
+    data = vel_data(tmp_path)
+    if edit:
+        edit(data)
+    cmd = [sys.executable, "hyplatent.py", "--data", str(data), "--out-dir", str(tmp_path / "hl"), *flags]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.startswith(msg.format(data)) and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert not (tmp_path / "hl").exists()
