@@ -129,19 +129,29 @@ def check_task(task: str) -> None:
         raise UserError(f"unknown task '{task}'; valid tasks: {', '.join(TASKS)}")
 
 
+def valid_values(task: str) -> str:
+    """'speed in [0.1, 12.0], length in [0.2, 1.0]': the task's context variables and their ranges, for messages."""
+    return ", ".join(f"{name} in [{lo}, {hi}]" for name, (_, lo, hi) in TASKS[task]["vars"].items())
+
+
 def validated_context(task: str, items) -> dict:
     """(name, value) pairs -> a context with every variable of the task (defaults filled in), each value checked to
-    be a known variable, a number and inside its range."""
-    vars_ = TASKS[task]["vars"]
+    be a known variable, set once, a number and inside its range."""
+    vars_, items = TASKS[task]["vars"], list(items)
     ctx = {k: v[0] for k, v in vars_.items()}
+    names = [name for name, _ in items]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        given = ",".join(f"{n}={v}" for n, v in items)
+        raise UserError(f"context '{given}' of '{task}' sets {', '.join(twice)} more than once; give each variable once")
     for name, value in items:
         if name not in vars_:
             raise UserError(f"task '{task}' has no context '{name}'; its contexts: {', '.join(vars_)}")
+        lo, hi = vars_[name][1:]
         try:
             x = float(value)
         except (TypeError, ValueError):
-            raise UserError(f"context {name}='{value}' is not a number") from None
-        lo, hi = vars_[name][1:]
+            raise UserError(f"context {name}='{value}' is not a number; valid: {name} in [{lo}, {hi}]") from None
         if not (lo <= x <= hi) or not math.isfinite(x):
             raise UserError(f"context {name}={x} of '{task}' is out of range; valid: [{lo}, {hi}]")
         ctx[name] = x
@@ -161,7 +171,16 @@ def parse_contexts(task: str, specs, seed: int = 0) -> list[dict]:
                 raise UserError(f"unknown MetaWorld task '{spec}'; valid: {' '.join(metaworld_names())}")
             out.append({"env_name": spec, "goal_seed": int(seed)})
             continue
-        items = spec.split(",") if "=" in spec else [f"{next(iter(TASKS[task]['vars']))}={spec}"]
+        items = spec.split(",")
+        if "=" not in spec and len(items) > 1:  # a bare vector: which number is which variable is not said
+            raise UserError(
+                f"context '{spec}' of '{task}' is {len(items)} numbers: give one number (its {next(iter(TASKS[task]['vars']))}) "
+                f"or name=value pairs ({valid_values(task)}), one context per argument"
+            )
+        items = items if "=" in spec else [f"{next(iter(TASKS[task]['vars']))}={spec}"]
+        for item in items:
+            if "=" not in item:
+                raise UserError(f"context '{spec}' of '{task}': '{item}' is not name=value ({valid_values(task)})")
         pairs = [(name.strip(), value) for name, _, value in (item.partition("=") for item in items)]
         out.append(validated_context(task, pairs))
     return out

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tasks import UserError, cli, context_label, context_vector, make_env, parse_contexts
+from tasks import UserError, check_flags, cli, context_label, context_vector, make_env, parse_contexts, prepare_out_dir
 
 
 @dataclass
@@ -39,6 +39,10 @@ class Args:
     """task family: cheetah-vel, cheetah-run, walker-walk, or metaworld (contexts = MetaWorld task names)"""
     contexts: tuple[str, ...] = ("1.5",)
     """one expert per context: plain numbers for the task's first variable, 'speed=2,length=0.4' for several, or MetaWorld task names ('reach-v3')"""
+    shard: str = "0/1"
+    """I/N: train only contexts I, I+N, I+2N, ... of --contexts (0 <= I < N), so that every task of a Slurm job array
+    runs one command line (slurm/experts.sbatch). Environment seeds follow each context's place in the full list;
+    the initial weights and the replay samples are drawn for this shard's contexts only"""
     total_timesteps: int = 200_000
     """environment steps per context"""
     learning_starts: int = 5_000
@@ -47,6 +51,8 @@ class Args:
     """seed of torch, the environments and (MetaWorld) the fixed goal"""
     out_dir: str = "runs/td3"
     """everything this run writes goes here"""
+    overwrite: bool = False
+    """replace an earlier run's outputs in --out-dir (they are removed before this run starts)"""
     hidden: tuple[int, ...] = (256, 256)
     """hidden sizes of actor and critics (CleanRL and HyperZero: 256 256)"""
     batch_size: int = 256
@@ -93,7 +99,19 @@ class Args:
     at K=1 hidden 256: 65 s on 1 thread, 48 s on 2; 4000 steps at K=8 hidden 64: 36 s and 26 s). Give 1 to each of
     several runs sharing the cores"""
     log_interval: int = 2_000
-    """print progress every this many steps"""
+    """print progress, and log it to TensorBoard, every this many steps"""
+    track: bool = False
+    """log to Weights & Biases too (pip install wandb); TensorBoard event files are always written to out_dir/tb"""
+    wandb_project_name: str = "cleanhyper"
+    """Weights & Biases project (with --track)"""
+    wandb_entity: str | None = None
+    """Weights & Biases entity, a user or team (with --track; default: yours)"""
+    compile: bool = False
+    """torch.compile the losses of the TD3 update (critic and actor; the optimiser steps stay eager): equal to the
+    eager update up to float rounding. The first updates wait for the compiler (tens of seconds on a CPU)"""
+    cudagraphs: bool = False
+    """CUDA only: replay each TD3 update as a captured CUDA graph (with or without --compile), which removes the
+    launch cost of many small kernels. Not yet run on a GPU in this repository's tests"""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,7 +180,7 @@ class TD3:
     states. Each network is a list of layers (W, b); the actor's W is [K, in, out], the critic's carries the twin first,
     W [2, K, in, out] (W[0] is Q1's, W[1] Q2's), so that both twins run as one batched matmul (twin_q)."""
 
-    def __init__(self, k, obs_dim, act_dim, hidden, lr, device, shared: bool = False):
+    def __init__(self, k, obs_dim, act_dim, hidden, lr, device, shared: bool = False, compile=False, cudagraphs=False):
         self.k = k
         n = 1 if shared else k  # shared: one draw, repeated over the contexts (Q1 and Q2 still differ)
         actor = init_layers(n, layer_sizes(obs_dim, hidden, act_dim), device)
@@ -175,8 +193,12 @@ class TD3:
         self.critic = [(W.requires_grad_(), b.requires_grad_()) for W, b in critic]
         self.actor_t = [(W.detach().clone(), b.detach().clone()) for W, b in actor]
         self.critic_t = [(W.detach().clone(), b.detach().clone()) for W, b in critic]
-        self.actor_opt = torch.optim.Adam(tensors(self.actor), lr=lr)
-        self.critic_opt = torch.optim.Adam(tensors(self.critic), lr=lr)
+        # capturable: Adam keeps its step count on the device, as a CUDA graph needs
+        self.actor_opt = torch.optim.Adam(tensors(self.actor), lr=lr, capturable=cudagraphs)
+        self.critic_opt = torch.optim.Adam(tensors(self.critic), lr=lr, capturable=cudagraphs)
+        self.critic_loss_fn = torch.compile(self.critic_loss) if compile else self.critic_loss
+        self.actor_loss_fn = torch.compile(self.actor_loss) if compile else self.actor_loss
+        self.step = CudaGraphed(self.train_step) if cudagraphs else self.train_step
 
     def twin_q(self, critic, obs, act) -> torch.Tensor:
         """Q1(s, a) and Q2(s, a) as q [2, K, B] (q[0] is Q1), for obs [K, B, S] and act [K, B, A]: both twins in one
@@ -185,34 +207,47 @@ class TD3:
         q = mlp([(W.flatten(0, 1), b.flatten(0, 1)) for W, b in critic], x, None)  # [2K, B, 1]
         return q.view(2, self.k, -1)
 
-    def update(self, batch, update_actor: bool, *, gamma, tau, policy_noise, noise_clip, noise=None) -> dict:
-        """One TD3 step for all K contexts. batch: obs [K,B,S], act [K,B,A], rew [K,B], next_obs, done [K,B]."""
-        obs, act, rew, next_obs, done = batch
+    def critic_loss(self, obs, act, rew, next_obs, done, noise, gamma: float, noise_clip: float) -> torch.Tensor:
+        """The MSE of Q1 and of Q2 against the clipped double-Q target, per context (mean over its batch), summed over
+        the contexts: each context's gradient is its own run's. noise: the target policy smoothing noise [K, B, A]."""
         with torch.no_grad():  # target with policy smoothing; clipped double-Q
-            if noise is None:  # target policy smoothing noise [K, B, A] (tests pass their own)
-                noise = torch.randn_like(act) * policy_noise
             noise = noise.clamp(-noise_clip, noise_clip)
             next_act = (mlp(self.actor_t, next_obs) + noise).clamp(-1, 1)
             q1_next, q2_next = self.twin_q(self.critic_t, next_obs, next_act)
             y = rew + gamma * (1 - done) * torch.minimum(q1_next, q2_next)  # done = terminated only: truncation bootstraps
         q = self.twin_q(self.critic, obs, act)  # [2, K, B]: Q1, Q2
-        # the MSE of Q1 and of Q2 per context (mean over its batch), summed: each context's gradient is its own run's
-        critic_loss = ((q - y) ** 2).mean(-1).sum()
+        return ((q - y) ** 2).mean(-1).sum()
+
+    def actor_loss(self, obs) -> torch.Tensor:
+        """-Q1(s, pi(s)), mean over each context's batch, summed over the contexts: the actor ascends Q1."""
+        return -self.twin_q(self.critic, obs, mlp(self.actor, obs))[0].mean(1).sum()
+
+    def train_step(self, batch, noise, update_actor: bool, gamma: float, tau: float, noise_clip: float) -> dict:
+        """The critic step and, with update_actor, the actor step and the Polyak update of both targets. Returns the
+        losses as tensors (summed over contexts): no host sync in here, so that a CUDA graph can capture it."""
+        critic_loss = self.critic_loss_fn(*batch, noise, gamma, noise_clip)
         self.critic_opt.zero_grad()
         critic_loss.backward()
         self.critic_opt.step()
-        out = {"qf_loss": critic_loss.item() / self.k}
+        out = {"qf_loss": critic_loss.detach()}
         if update_actor:
-            q1_pi = self.twin_q(self.critic, obs, mlp(self.actor, obs))[0]  # the actor ascends Q1
-            actor_loss = -q1_pi.mean(1).sum()
+            actor_loss = self.actor_loss_fn(batch[0])
             self.actor_opt.zero_grad()
             actor_loss.backward()
             self.actor_opt.step()
             with torch.no_grad():
                 online = [t.detach() for t in tensors(self.actor) + tensors(self.critic)]
                 torch._foreach_lerp_(tensors(self.actor_t) + tensors(self.critic_t), online, tau)
-            out["actor_loss"] = actor_loss.item() / self.k
+            out["actor_loss"] = actor_loss.detach()
         return out
+
+    def update(self, batch, update_actor: bool, *, gamma, tau, policy_noise, noise_clip, noise=None) -> dict:
+        """One TD3 step for all K contexts. batch: obs [K,B,S], act [K,B,A], rew [K,B], next_obs, done [K,B]. Returns
+        qf_loss and (with update_actor) actor_loss, each the mean over contexts, as floats."""
+        if noise is None:  # target policy smoothing noise [K, B, A] (tests pass their own)
+            noise = torch.randn_like(batch[1]) * policy_noise
+        out = self.step(batch, noise, update_actor, gamma, tau, noise_clip)
+        return {name: loss.item() / self.k for name, loss in out.items()}
 
     def actor_of(self, i: int):
         """Context i's actor as layers with K = 1 (detached: for rollouts)."""
@@ -243,6 +278,41 @@ class TD3:
                     b.copy_(b_saved)
         self.actor_opt.load_state_dict(s["actor_opt"])
         self.critic_opt.load_state_dict(s["critic_opt"])
+
+
+class CudaGraphed:
+    """TD3.train_step captured as CUDA graphs, one without and one with the actor step, each replayed on static copies
+    of batch and noise: one launch per update instead of one per small kernel. LeanRL's approach
+    (pytorch-labs/LeanRL: leanrl/td3_continuous_action_torchcompile.py, through tensordict's CudaGraphModule), written
+    out with torch.cuda.graph. Each variant first runs `warmup` times eagerly on a side stream (real updates; Adam
+    creates its state there), as capture requires. Not yet run on a GPU in this repository's tests."""
+
+    def __init__(self, fn, warmup: int = 3):
+        self.fn, self.warmup = fn, warmup
+        self.calls, self.graphs, self.static = {}, {}, None
+
+    def __call__(self, batch, noise, update_actor: bool, *hyper) -> dict:
+        inputs = (*batch, noise)
+        if self.calls.get(update_actor, 0) < self.warmup:
+            self.calls[update_actor] = self.calls.get(update_actor, 0) + 1
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                out = self.fn(batch, noise, update_actor, *hyper)
+            torch.cuda.current_stream().wait_stream(side)
+            return out
+        if self.static is None:
+            self.static = [t.clone() for t in inputs]
+        if update_actor not in self.graphs:  # capture records the kernels without running them; replay runs them
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = self.fn(tuple(self.static[:-1]), self.static[-1], update_actor, *hyper)
+            self.graphs[update_actor] = (graph, out)
+        for static, x in zip(self.static, inputs):
+            static.copy_(x)
+        graph, out = self.graphs[update_actor]
+        graph.replay()
+        return out  # static tensors: read them before the next call
 
 
 class Replay:
@@ -489,12 +559,19 @@ CHECKPOINT_FORMAT = "cleanhyper-td3-checkpoint-v2"
 RESUMABLE = {
     "total_timesteps",
     "resume",
+    "overwrite",
+    "out_dir",  # a moved run directory resumes
     "device",
     "torch_threads",
     "log_interval",
     "eval_interval",
     "eval_episodes",
     "checkpoint_interval",
+    "track",
+    "wandb_project_name",
+    "wandb_entity",
+    "compile",
+    "cudagraphs",
 }
 
 
@@ -532,23 +609,49 @@ class RunState:
         ck["snapshots"] = [torch.stack(s) if s else torch.zeros(0) for s in self.snapshots]
         atomic_save(ck | {"rng": torch.get_rng_state()}, path)
 
-    def load(self, path, args: dict) -> None:
-        """Continue from a checkpoint of the same run: every flag outside RESUMABLE must match."""
-        ck = safe_load(path)
-        if not isinstance(ck, dict) or "agent" not in ck:
-            raise UserError(f"cannot resume {path}: not a checkpoint written by td3.py")
-        ck = ck if "format" in ck else from_flat_checkpoint(ck)
-        if ck["format"] != CHECKPOINT_FORMAT:
-            raise UserError(f"cannot resume {path}: its format is {ck['format']!r}, this td3.py reads {CHECKPOINT_FORMAT!r}")
-        diff = {f for f, v in ck["args"].items() if f not in RESUMABLE and json.dumps(v) != json.dumps(args.get(f))}
-        if diff:
-            raise UserError(f"cannot resume {path}: flags differ from the checkpointed run: {', '.join(sorted(diff))}")
-        self.agent.load(ck["agent"])
-        self.replay.load(ck["replay"])
+    def restore(self, ck: dict, path) -> None:
+        """Continue from a checkpoint that read_checkpoint accepted."""
+        try:
+            self.agent.load(ck["agent"])
+            self.replay.load(ck["replay"])
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+            raise UserError(f"cannot resume {path}: its networks or replay do not fit this run ({type(e).__name__})") from None
         for f in self.AS_IS:
             setattr(self, f, ck[f])
         self.snapshots = [list(s) for s in ck["snapshots"]]
         torch.set_rng_state(ck["rng"])
+
+
+def read_checkpoint(path, args: dict) -> dict:
+    """--resume: the checkpoint of the same run, checked before any work. Every flag outside RESUMABLE must match, and
+    --total-timesteps must not fall behind the checkpoint's step."""
+    if not Path(path).is_file():
+        raise UserError(
+            f"--resume: no checkpoint at {path}; start without --resume (a run writes one every --checkpoint-interval steps)"
+        )
+    ck = safe_load(path)
+    if not isinstance(ck, dict) or "agent" not in ck:
+        raise UserError(f"cannot resume {path}: not a checkpoint written by td3.py")
+    try:
+        ck = ck if "format" in ck else from_flat_checkpoint(ck)
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise UserError(f"cannot resume {path}: not a checkpoint written by td3.py") from None
+    if ck["format"] != CHECKPOINT_FORMAT:
+        raise UserError(f"cannot resume {path}: its format is {ck['format']!r}, this td3.py reads {CHECKPOINT_FORMAT!r}")
+    missing = sorted({"args", "agent", "replay", "snapshots", "rng", *RunState.AS_IS} - set(ck))
+    if missing or not isinstance(ck["args"], dict) or not isinstance(ck["step"], int):
+        raise UserError(
+            f"cannot resume {path}: an incomplete checkpoint (missing or malformed: {', '.join(missing) or 'args, step'})"
+        )
+    diff = {f for f, v in ck["args"].items() if f not in RESUMABLE and json.dumps(v) != json.dumps(args.get(f))}
+    if diff:
+        raise UserError(f"cannot resume {path}: flags differ from the checkpointed run: {', '.join(sorted(diff))}")
+    if ck["step"] > args["total_timesteps"]:
+        raise UserError(
+            f"cannot resume {path}: it is at step {ck['step']}, past --total-timesteps {args['total_timesteps']}; "
+            f"give --total-timesteps >= {ck['step']}"
+        )
+    return ck
 
 
 def from_flat_checkpoint(ck: dict) -> dict:
@@ -567,15 +670,23 @@ def from_flat_checkpoint(ck: dict) -> dict:
     return ck | {"format": CHECKPOINT_FORMAT, "agent": agent, "best": ck.get("best", [None] * len(old["actor"][0]))}
 
 
-def evaluate(run: RunState, args: Args, contexts: list[dict], labels: list[str]) -> None:
+def evaluate(run: RunState, args: Args, contexts: list[dict], labels: list[str], tracker: Tracker) -> None:
     """Deterministic evaluation of every context's actor (episode e resets with seed + 100000 + e), recorded in
-    run.last_eval and, with --keep-best, run.best."""
+    run.last_eval, with --keep-best in run.best, and logged at its step (mean over contexts, and each)."""
     for i, (ctx, lab) in enumerate(zip(contexts, labels)):
         r = evaluate_policy(args.task, ctx, run.agent.actor_of(i), args.eval_episodes, args.seed + 100_000)
         run.last_eval[lab] = {"step": run.step, **r}
         score = [r["success_rate"] or 0.0, r["return_mean"]]
         if args.keep_best and (run.best[i] is None or score > run.best[i]["score"]):  # ties keep the earlier actor
             run.best[i] = {"score": score, "step": run.step, "eval": r, **run.agent.expert_weights(i)}
+        tracker.log(run.step, **{f"charts/eval_return/{lab}": r["return_mean"], f"charts/eval_success/{lab}": r["success_rate"]})
+    evals = [run.last_eval[lab] for lab in labels]
+    success = [e["success_rate"] for e in evals if e["success_rate"] is not None]
+    mean = {
+        "charts/eval_return": np.mean([e["return_mean"] for e in evals]),
+        "charts/eval_success": np.mean(success) if success else None,
+    }
+    tracker.log(run.step, **mean)
 
 
 def expert_file(args: Args, ctx: dict, label: str, kept: dict, final_step: int, obs_dim: int, act_dim: int) -> dict:
@@ -605,36 +716,84 @@ def expert_file(args: Args, ctx: dict, label: str, kept: dict, final_step: int, 
     }
 
 
-def main(args: Args) -> dict:
+OUTPUTS = ("expert_*.pt", "checkpoint.pt", "metrics.csv", "snapshots_*.npy", "snapshot_steps.npy", "args.json", "tb")
+POSITIVE = ("total_timesteps", "batch_size", "learning_rate", "buffer_size", "policy_frequency", "eval_episodes", "log_interval")
+NONNEGATIVE = ("seed", "learning_starts", "policy_noise", "noise_clip", "exploration_noise", "eval_interval")
+NONNEGATIVE += ("snapshot_interval", "snapshot_start", "checkpoint_interval", "torch_threads")
+
+
+def checked_contexts(args: Args) -> tuple[list[int], list[dict], list[str]]:
+    """The flags and the contexts, checked before any work (one line naming what is wrong). Returns this shard's
+    contexts: their places in the full --contexts list (which seed their environments), the contexts, their labels."""
+    check_flags(args, positive=(*POSITIVE, "hidden"), nonnegative=NONNEGATIVE, fraction=("gamma", "tau"))
+    if args.learning_starts < args.batch_size:
+        raise UserError(f"--learning-starts {args.learning_starts} must be >= --batch-size {args.batch_size}")
     contexts = parse_contexts(args.task, args.contexts, args.seed)
     labels = [context_label(c) for c in contexts]
     if not contexts:
         raise UserError("no contexts given (--contexts)")
     if len(set(labels)) != len(labels):
         raise UserError(f"duplicate contexts: {labels}")
-    if args.learning_starts < args.batch_size or args.total_timesteps <= 0:
-        raise UserError("need --total-timesteps > 0 and --learning-starts >= --batch-size")
+    m = re.fullmatch(r"(\d+)/(\d+)", args.shard.strip())
+    if not m or int(m[1]) >= int(m[2]):
+        raise UserError(f"--shard must be I/N with 0 <= I < N (this process trains contexts I, I+N, ...), got {args.shard!r}")
+    ids = list(range(len(contexts)))[int(m[1]) :: int(m[2])]
+    if not ids:
+        raise UserError(
+            f"--shard {args.shard}: no context falls to shard {m[1]} of {len(contexts)} contexts; use at most {len(contexts)} shards"
+        )
+    return ids, [contexts[i] for i in ids], [labels[i] for i in ids]
+
+
+def diverged(run: RunState, losses: dict) -> str:
+    """The message of a non-finite loss: bad data from the environment, or the update diverging."""
+    bad = ", ".join(f"{name} {v}" for name, v in losses.items() if not math.isfinite(v))
+    r = run.replay
+    data = [f for f in ("obs", "rew", "next_obs") if not getattr(r, f)[:, : r.size].isfinite().all()]
+    if data:
+        return f"bad data at step {run.step}: the environment returned non-finite {', '.join(data)} (so {bad})"
+    return f"non-finite {bad} at step {run.step}: the TD3 update diverged; lower --learning-rate or check the task's rewards"
+
+
+def progress(run: RunState, labels: list[str], losses: dict, sps: float) -> dict:
+    """The progress line's figures under CleanRL's names: the last episode's return (mean over contexts, and each),
+    the losses and charts/SPS in environment steps per second over all K contexts (evaluate logs its own)."""
+    last = {r["context"]: r["episodic_return"] for r in run.rows[-len(labels) :]}
+    return {
+        "charts/episodic_return": np.mean(list(last.values())) if last else None,
+        **{f"charts/episodic_return/{lab}": ret for lab, ret in last.items()},
+        "losses/qf_loss": losses.get("qf_loss"),
+        "losses/actor_loss": losses.get("actor_loss"),
+        "charts/SPS": sps * len(labels),
+    }
+
+
+def main(args: Args) -> dict:
+    ids, contexts, labels = checked_contexts(args)  # every flag, before any work
+    device = resolve_device(args.device)
+    if args.cudagraphs and device.type != "cuda":
+        raise UserError(f"--cudagraphs needs a CUDA device; --device {args.device} gives {device}")
+    ck = read_checkpoint(Path(args.out_dir) / "checkpoint.pt", asdict(args)) if args.resume else None
+    out = prepare_out_dir(args.out_dir, OUTPUTS, resume=args.resume, overwrite=args.overwrite)
+    tracker = Tracker(out, args, args.track, args.wandb_project_name, args.wandb_entity)
     torch.manual_seed(args.seed)
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
-    device = resolve_device(args.device)
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     k = len(contexts)
     hyper = {"gamma": args.gamma, "tau": args.tau, "policy_noise": args.policy_noise, "noise_clip": args.noise_clip}
 
-    # TRY NOT TO MODIFY: one env per context; episode n of context i resets with a seed derived from both,
-    # so a resumed run replays the same initial states without saving the environments' RNG.
-    envs = [make_env(args.task, c, args.seed + 1000 * i) for i, c in enumerate(contexts)]
+    # TRY NOT TO MODIFY: one env per context; episode n of context i (its place in the full --contexts list) resets
+    # with a seed derived from both, so a resumed run or a shard replays the same initial states.
+    envs = [make_env(args.task, c, args.seed + 1000 * i) for i, c in zip(ids, contexts)]
 
     def reset_all(n):  # the first observations [K, S] of episode n
-        return np.stack([env.reset(seed=args.seed + 1000 * i + 7919 * n)[0] for i, env in enumerate(envs)])
+        return np.stack([env.reset(seed=args.seed + 1000 * i + 7919 * n)[0] for i, env in zip(ids, envs)])
 
     obs_dim, act_dim = envs[0].observation_space.shape[0], envs[0].action_space.shape[0]
-    agent = TD3(k, obs_dim, act_dim, args.hidden, args.learning_rate, device, args.shared_init)
+    agent = TD3(k, obs_dim, act_dim, args.hidden, args.learning_rate, device, args.shared_init, args.compile, args.cudagraphs)
     run = RunState(agent, Replay(k, min(args.buffer_size, args.total_timesteps), obs_dim, act_dim, device))
-    if args.resume:
-        run.load(out / "checkpoint.pt", asdict(args))
+    if ck is not None:
+        run.restore(ck, out / "checkpoint.pt")
         print(f"resumed from {out / 'checkpoint.pt'} at step {run.step}")
 
     obs, ep_ret, losses = reset_all(run.episode), np.zeros(k), {}
@@ -662,11 +821,11 @@ def main(args: Args) -> dict:
             new = agent.update(run.replay.sample(args.batch_size), run.step % args.policy_frequency == 0, **hyper)
             losses.update(new)  # actor_loss keeps its last value between delayed actor updates
             if not all(math.isfinite(v) for v in new.values()):
-                raise UserError(f"non-finite loss at step {run.step}: {losses}; lower --learning-rate or check the task")
+                raise UserError(diverged(run, new))
         if args.snapshot_interval and run.step >= args.snapshot_start and run.step % args.snapshot_interval == 0:
             run.take_snapshot()
         if args.eval_interval and run.step % args.eval_interval == 0:  # before the checkpoint below, so resume sees it
-            evaluate(run, args, contexts, labels)
+            evaluate(run, args, contexts, labels, tracker)
 
         if term.any() or trunc.any():  # every task here ends all K episodes at the same step
             sps = round((run.step - s0) / (time.time() - t0), 1)
@@ -692,11 +851,13 @@ def main(args: Args) -> dict:
                 f"step {run.step:>8}  SPS {sps * k:7.0f} (x{k} contexts)  last return {rets}  qf_loss {losses.get('qf_loss', float('nan')):.3g}",
                 flush=True,
             )
+            tracker.log(run.step, **progress(run, labels, losses, sps))
 
     # Final evaluation (unless the loop's last step had one) and the files
     if any(run.last_eval.get(lab, {}).get("step") != run.step for lab in labels):
-        evaluate(run, args, contexts, labels)
+        evaluate(run, args, contexts, labels, tracker)
     final = [run.last_eval[lab] for lab in labels]
+    tracker.close()
     paths = []
     for i, (ctx, lab) in enumerate(zip(contexts, labels)):
         kept = run.best[i] if args.keep_best else {"step": run.step, "eval": final[i], **agent.expert_weights(i)}

@@ -1,5 +1,6 @@
 """tasks.py: contexts, rewards, model edits, make_env, and the families registered with Gymnasium."""
 
+import os
 import warnings
 from pathlib import Path
 
@@ -46,6 +47,12 @@ def test_parse_contexts_fills_defaults_and_validates():
         ("cheetah-vel", "fast", "not a number"),
         ("metaworld", "reach-v2", "unknown MetaWorld task"),
         ("hopper", "1", "unknown task"),
+        ("cheetah-run", "speed=2,speed=3", r"context 'speed=2,speed=3' of 'cheetah-run' sets speed more than once"),
+        ("cheetah-vel", "", r"context goal='' is not a number; valid: goal in \[0.0, 3.0\]"),
+        ("cheetah-run", "speed=", r"context speed='' is not a number; valid: speed in \[0.1, 12.0\]"),
+        ("cheetah-run", "2,0.4", r"'2,0.4' of 'cheetah-run' is 2 numbers: give one number \(its speed\) or name=value"),
+        ("cheetah-vel", "0.5,1.5", r"is 2 numbers: .*goal in \[0.0, 3.0\]\), one context per argument"),
+        ("cheetah-run", "speed=2,0.4", r"'0.4' is not name=value \(speed in \[0.1, 12.0\], length in \[0.2, 1.0\]\)"),
     ]:
         with pytest.raises(tasks.UserError, match=msg):
             tasks.parse_contexts(task, [spec])
@@ -189,3 +196,77 @@ def test_metaworld_itself_fails_check_env_upstream():
     with warnings.catch_warnings(), pytest.raises(AssertionError, match="not within the observation space"):
         warnings.simplefilter("ignore")
         check_env(env, skip_render_check=True)
+
+
+# ---------------------------------------------------------------------------------------------- shared flag checks
+def test_check_flags_every_rule():
+    from types import SimpleNamespace as Flags
+
+    ok = Flags(steps=3, rate=0.5, seed=0, hidden=(4, 4), frac=1.0, name="x")
+    tasks.check_flags(ok, positive=("steps", "rate", "hidden"), nonnegative=("seed",), fraction=("frac",))
+    for flags, rules, msg in [
+        (Flags(batch_size=-4), {"positive": ("batch_size",)}, "--batch-size must be a finite number > 0, got -4"),
+        (Flags(batch_size=0), {"positive": ("batch_size",)}, "--batch-size must be a finite number > 0, got 0"),
+        (Flags(lr=float("nan")), {"positive": ("lr",)}, "--lr must be a finite number > 0, got nan"),
+        (Flags(lr=float("inf")), {"positive": ("lr",)}, "--lr must be a finite number > 0, got inf"),
+        (Flags(hidden=(4, 0)), {"positive": ("hidden",)}, r"--hidden must be a finite number > 0, got \(4, 0\)"),
+        (Flags(seed=-5), {"nonnegative": ("seed",)}, "--seed must be a finite number >= 0, got -5"),
+        (Flags(gamma=1.01), {"fraction": ("gamma",)}, r"--gamma must be a finite number in \[0, 1\], got 1.01"),
+        (Flags(gamma=-0.1), {"fraction": ("gamma",)}, r"--gamma must be a finite number in \[0, 1\]"),
+        (Flags(flag=True), {"positive": ("flag",)}, "--flag must be a finite number > 0, got True"),  # a bool is no number
+        (Flags(name="3"), {"positive": ("name",)}, "--name must be a finite number > 0, got 3"),
+    ]:
+        with pytest.raises(tasks.UserError, match=msg):
+            tasks.check_flags(flags, **rules)
+
+
+OUTPUTS = ("model.pt", "metrics.csv", "tb")
+
+
+def test_prepare_out_dir_new_file_and_earlier_run(tmp_path, capsys):
+    out = tasks.prepare_out_dir(tmp_path / "a" / "b", OUTPUTS)  # a new directory, parents created
+    assert out == tmp_path / "a" / "b" and out.is_dir()
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(tasks.UserError, match=r"--out-dir .*/f is a file; give a directory"):
+        tasks.prepare_out_dir(tmp_path / "f", OUTPUTS)
+    (out / "notes.txt").write_text("mine")  # not an output of the stage: no earlier run, kept
+    tasks.prepare_out_dir(out, OUTPUTS)
+    (out / "model.pt").write_text("1")
+    (out / "tb").mkdir()
+    (out / "tb" / "events").write_text("1")
+    with pytest.raises(
+        tasks.UserError, match=r"already holds an earlier run \(model.pt, tb\); pass --overwrite to replace it, or"
+    ):
+        tasks.prepare_out_dir(out, OUTPUTS)
+    assert (out / "model.pt").read_text() == "1"
+    with pytest.raises(tasks.UserError, match="--overwrite to replace it, --resume to continue it, or choose another"):
+        tasks.prepare_out_dir(out, ("model.pt", "checkpoint.pt"))  # a stage that can resume says so
+    assert tasks.prepare_out_dir(out, OUTPUTS, resume=True) == out  # --resume: continue, nothing removed
+    assert (out / "model.pt").exists() and (out / "tb" / "events").exists()
+    tasks.prepare_out_dir(out, OUTPUTS, overwrite=True)  # --overwrite: the earlier outputs go, other files stay
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert "--overwrite: removed 2 files of the earlier run" in capsys.readouterr().out
+
+
+def test_prepare_out_dir_unwritable_as_the_os_says(tmp_path, monkeypatch):
+    """The branch itself, where the OS refuses the test file (which root's writes never meet on a read-only mode)."""
+
+    def refuse(**kw):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tasks.tempfile, "TemporaryFile", refuse)
+    with pytest.raises(tasks.UserError, match=r"--out-dir .*/o is not writable: Permission denied"):
+        tasks.prepare_out_dir(tmp_path / "o", OUTPUTS)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_prepare_out_dir_unwritable(tmp_path):
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o555)
+    try:
+        with pytest.raises(tasks.UserError, match="--out-dir .*ro is not writable"):
+            tasks.prepare_out_dir(tmp_path / "ro", OUTPUTS)
+        with pytest.raises(tasks.UserError, match="is not writable"):
+            tasks.prepare_out_dir(tmp_path / "ro" / "sub", OUTPUTS)
+    finally:
+        (tmp_path / "ro").chmod(0o755)

@@ -230,7 +230,7 @@ def test_cli_corrupt_and_incompatible_resume(tmp_path, tiny_args):
     assert {p.name: p.read_bytes() for p in run.glob("expert_*.pt")} == experts_before  # nothing overwritten
     (run / "checkpoint.pt").unlink()
     r = run_cli(*common)
-    assert r.returncode == 2 and "missing file" in r.stderr
+    assert r.returncode == 2 and "--resume: no checkpoint at" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_help_explains_flags():
@@ -339,3 +339,210 @@ def test_load_experts_refuses_a_bad_file_naming_it(tmp_path, tiny_experts, conte
     assert str(f) in str(e.value)
     with pytest.raises(UserError, match="no experts found"):
         td3.load_experts([tmp_path, tmp_path / "missing"])
+
+
+# ---------------------------------------------------------------------------------------------- shards: --shard I/N
+def test_shards_train_the_contexts_of_one_run_with_its_environment_seeds(tmp_path, tiny_args):
+    kw = dict(contexts=("0.5", "1.0", "2.0"), total_timesteps=400, checkpoint_interval=400)
+    whole = td3.main(tiny_args(tmp_path / "whole", **kw))
+    shards = [td3.main(tiny_args(tmp_path / f"shard_{i}", **kw, shard=f"{i}/2")) for i in range(2)]
+    assert [Path(p).name for p in shards[0]["experts"]] == ["expert_goal_0.5.pt", "expert_goal_2.pt"]  # contexts 0, 2
+    assert [Path(p).name for p in shards[1]["experts"]] == ["expert_goal_1.pt"]  # context 1
+    merged = td3.load_experts([tmp_path / "shard_0", tmp_path / "shard_1"])
+    assert [e["label"] for e in merged] == [e["label"] for e in td3.load_experts(tmp_path / "whole")]
+    assert merged[1]["args"]["shard"] == "1/2" and whole["experts"]
+    # context i's environment is seeded by its place i in the full list, sharded or not: the same first states
+    obs = {name: td3.safe_load(tmp_path / name / "checkpoint.pt")["replay"]["obs"] for name in ("whole", "shard_0", "shard_1")}
+    for i, (shard, j) in enumerate([("shard_0", 0), ("shard_1", 0), ("shard_0", 1)]):  # context i is shard's j-th
+        assert torch.equal(obs["whole"][i, 0], obs[shard][j, 0])  # the first reset: seed + 1000 i
+        assert torch.equal(obs["whole"][i, 200], obs[shard][j, 200])  # the second episode's (200-step episodes)
+        assert not torch.equal(obs["whole"][i, 0], obs["whole"][(i + 1) % 3, 0])  # (the contexts' resets differ)
+
+
+# ---------------------------------------------------------------------------------------------- bad input (issue 10)
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+BAD_FLAGS = {  # name -> (overrides of tiny_args, the one line that refuses them)
+    "eval episodes 0": ({"eval_episodes": 0}, "--eval-episodes must be a finite number > 0, got 0"),
+    "batch size 0": ({"batch_size": 0}, "--batch-size must be a finite number > 0, got 0"),
+    "batch size -4": ({"batch_size": -4}, "--batch-size must be a finite number > 0, got -4"),
+    "total timesteps 0": ({"total_timesteps": 0}, "--total-timesteps must be a finite number > 0"),
+    "buffer size 0": ({"buffer_size": 0}, "--buffer-size must be a finite number > 0"),
+    "log interval 0": ({"log_interval": 0}, "--log-interval must be a finite number > 0"),
+    "policy frequency 0": ({"policy_frequency": 0}, "--policy-frequency must be a finite number > 0"),
+    "learning rate nan": ({"learning_rate": float("nan")}, "--learning-rate must be a finite number > 0, got nan"),
+    "learning rate -1": ({"learning_rate": -1.0}, "--learning-rate must be a finite number > 0"),
+    "hidden 0": ({"hidden": (16, 0)}, r"--hidden must be a finite number > 0, got \(16, 0\)"),
+    "seed -5": ({"seed": -5}, "--seed must be a finite number >= 0, got -5"),
+    "eval interval -1": ({"eval_interval": -1}, "--eval-interval must be a finite number >= 0"),
+    "checkpoint interval -1": ({"checkpoint_interval": -1}, "--checkpoint-interval must be a finite number >= 0"),
+    "snapshot interval -1": ({"snapshot_interval": -1}, "--snapshot-interval must be a finite number >= 0"),
+    "exploration noise inf": ({"exploration_noise": float("inf")}, "--exploration-noise must be a finite number >= 0"),
+    "gamma 1.5": ({"gamma": 1.5}, r"--gamma must be a finite number in \[0, 1\]"),
+    "tau nan": ({"tau": float("nan")}, r"--tau must be a finite number in \[0, 1\]"),
+    "learning starts < batch": ({"learning_starts": 16}, "--learning-starts 16 must be >= --batch-size 32"),
+    "no contexts": ({"contexts": ()}, r"no contexts given \(--contexts\)"),
+    "duplicate contexts": ({"contexts": ("0.5", "0.50")}, "duplicate contexts"),
+    "unknown task": ({"task": "hopper"}, "unknown task 'hopper'"),
+    "a variable twice": (
+        {"task": "cheetah-run", "contexts": ("speed=2,speed=3",)},
+        "context 'speed=2,speed=3' of 'cheetah-run' sets speed more than once",
+    ),
+    "empty context": ({"contexts": ("",)}, r"context goal='' is not a number; valid: goal in \[0.0, 3.0\]"),
+    "shard 2/2": ({"shard": "2/2"}, "--shard must be I/N with 0 <= I < N"),
+    "shard abc": ({"shard": "abc"}, "--shard must be I/N"),
+    "empty shard": ({"shard": "2/3"}, "--shard 2/3: no context falls to shard 2 of 2 contexts; use at most 2 shards"),
+    "unknown device": ({"device": "tpu"}, "--device 'tpu' is not a device"),
+    "cuda without cuda": ({"device": "cuda"}, "--device cuda: no CUDA device"),
+    "cudagraphs on cpu": ({"device": "cpu", "cudagraphs": True}, "--cudagraphs needs a CUDA device"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FLAGS)
+def test_bad_flags_refused_before_any_work(tmp_path, tiny_args, case):
+    kw, msg = BAD_FLAGS[case]
+    if kw.get("device") == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(UserError, match=msg):
+        td3.main(tiny_args(tmp_path / "run", **kw))
+    assert not (tmp_path / "run").exists()  # nothing written, not even the directory
+
+
+@pytest.mark.parametrize(
+    "argv, msg",
+    [
+        (["--eval-episodes", "0"], "error: --eval-episodes must be a finite number > 0, got 0"),
+        (["--seed", "-5"], "error: --seed must be a finite number >= 0, got -5"),
+        pytest.param(["--device", "cuda"], "error: --device cuda: no CUDA device", marks=NO_CUDA),
+        (["--task", "cheetah-run", "--contexts", "speed=2,speed=3"], "error: context 'speed=2,speed=3'"),
+        (["--task", "cheetah-run", "--contexts", "speed="], "error: context speed='' is not a number; valid: speed in [0.1"),
+        (["--contexts", "0.5", "1.0", "--shard", "2/3"], "error: --shard 2/3: no context falls to shard 2"),
+    ],
+)
+def test_cli_bad_flag_one_line_exit_2(tmp_path, argv, msg):
+    r = run_cli(*argv, "--out-dir", str(tmp_path / "x"))
+    assert r.returncode == 2 and r.stderr.startswith(msg) and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_out_dir_a_file_an_earlier_run_overwrite_and_resume(tmp_path, tiny_args):
+    (tmp_path / "file").write_text("not a directory")
+    r = run_cli("--out-dir", str(tmp_path / "file"))
+    assert r.returncode == 2 and r.stderr.startswith("error: --out-dir") and "is a file" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    run, kw = tmp_path / "run", dict(total_timesteps=400)
+    td3.main(tiny_args(run, **kw))
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(UserError, match=r"already holds an earlier run \(args.json, checkpoint.pt, .*--overwrite.*--resume"):
+        td3.main(tiny_args(run, **kw, seed=2))  # another run into the same directory: refused, nothing touched
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    (run / "snapshots_goal_9.npy").write_bytes(b"")  # an output of the earlier run: removed by --overwrite
+    td3.main(tiny_args(run, **kw, seed=2, overwrite=True))
+    assert not (run / "snapshots_goal_9.npy").exists() and td3.safe_load(run / "checkpoint.pt")["args"]["seed"] == 2
+    assert len(list((run / "tb").iterdir())) == 1  # the earlier run's event files went with it
+    td3.main(tiny_args(run, total_timesteps=600, seed=2, resume=True))  # --resume continues it
+    assert td3.safe_load(run / "checkpoint.pt")["step"] == 600
+
+
+def test_resume_defects(tmp_path, tiny_args):
+    run = tmp_path / "run"
+    td3.main(tiny_args(run, total_timesteps=400))
+    with pytest.raises(UserError, match=r"it is at step 400, past --total-timesteps 200; give --total-timesteps >= 400"):
+        td3.main(tiny_args(run, total_timesteps=200, resume=True))
+    # out_dir is not among the flags that must match: a moved directory, or one named with a trailing '/', resumes
+    run.rename(tmp_path / "moved")
+    res = td3.main(tiny_args(str(tmp_path / "moved") + "/", total_timesteps=600, resume=True))
+    assert td3.safe_load(res["experts"][0])["step"] == 600
+    with pytest.raises(UserError, match=r"--resume: no checkpoint at .*nothing/checkpoint.pt; start without --resume"):
+        td3.main(tiny_args(tmp_path / "nothing", resume=True))
+    assert not (tmp_path / "nothing").exists()
+    ck = td3.safe_load(tmp_path / "moved" / "checkpoint.pt")
+    for content, msg in [
+        ({"actor": [torch.zeros(2)]}, "not a checkpoint written by td3.py"),  # an expert-like .pt
+        ([1, 2], "not a checkpoint written by td3.py"),
+        ({"agent": {}}, "not a checkpoint written by td3.py"),  # no format: read as the old flat layout, which it is not
+        ({k: v for k, v in ck.items() if k != "replay"}, r"an incomplete checkpoint \(missing or malformed: replay\)"),
+        (ck | {"replay": ck["replay"] | {"obs": torch.zeros(3)}}, "its networks or replay do not fit this run"),
+    ]:
+        td3.atomic_save(content, tmp_path / "moved" / "checkpoint.pt")
+        with pytest.raises(UserError, match=msg) as e:
+            td3.main(tiny_args(tmp_path / "moved", total_timesteps=800, resume=True))
+        assert "moved/checkpoint.pt" in str(e.value)
+
+
+def test_non_finite_loss_names_the_step_and_the_loss_or_the_data(tmp_path, tiny_args):
+    with pytest.raises(UserError, match=r"non-finite qf_loss inf.* at step 20\d: the TD3 update diverged; lower --learning-rate"):
+        td3.main(tiny_args(tmp_path / "run", learning_rate=1e30, total_timesteps=400))
+    run = td3.RunState(td3.TD3(2, 3, 1, (4,), 1e-3, "cpu"), td3.Replay(2, 10, 3, 1, "cpu"))
+    run.replay.add(np.zeros((2, 3)), np.zeros((2, 1)), np.array([0.0, np.nan]), np.zeros((2, 3)), np.zeros(2))
+    run.step = 7
+    assert td3.diverged(run, {"qf_loss": float("nan")}) == (
+        "bad data at step 7: the environment returned non-finite rew (so qf_loss nan)"
+    )
+
+
+def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_args):
+    """A real kill -9 mid-run (after a checkpoint), then --resume: the experts and the checkpoint of a run never
+    interrupted, bit for bit."""
+    import signal
+    import time
+
+    kw = dict(total_timesteps=1400, checkpoint_interval=200)
+    full = td3.main(tiny_args(tmp_path / "full", **kw))
+    argv = ["--contexts", "0.5", "2.0", "--total-timesteps", "1400", "--learning-starts", "200", "--batch-size", "32"]
+    argv += ["--hidden", "16", "16", "--eval-interval", "0", "--eval-episodes", "2", "--checkpoint-interval", "200"]
+    argv += ["--out-dir", str(tmp_path / "killed")]
+    p = subprocess.Popen([sys.executable, "td3.py", *argv], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (tmp_path / "killed" / "metrics.csv").exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.02)  # metrics.csv is written with the first checkpoint
+    p.send_signal(signal.SIGKILL)
+    assert p.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not list((tmp_path / "killed").glob("expert_*.pt"))
+    resumed = td3.main(tiny_args(tmp_path / "killed", **kw, resume=True))
+    for f_full, f_part in zip(full["experts"], resumed["experts"]):
+        x, y = torch.load(f_full, weights_only=True), torch.load(f_part, weights_only=True)
+        assert all(torch.equal(a, b) for key in ("actor", "critic1", "critic2") for a, b in zip(x[key], y[key]))
+    ck_full, ck_part = (td3.safe_load(tmp_path / d / "checkpoint.pt") for d in ("full", "killed"))
+    assert torch.equal(ck_full["replay"]["obs"], ck_part["replay"]["obs"]) and torch.equal(ck_full["rng"], ck_part["rng"])
+
+
+# ---------------------------------------------------------------------------------------------- tracking
+def test_tensorboard_event_files_hold_the_progress_at_the_log_interval(tmp_path, tiny_args):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    td3.main(tiny_args(tmp_path / "run", log_interval=200, eval_interval=300, total_timesteps=600))
+    (events,) = (tmp_path / "run" / "tb").glob("events.out.tfevents.*")
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    steps = lambda tag: [e.step for e in acc.Scalars(tag)]  # noqa: E731
+    for tag in ("charts/episodic_return", "charts/episodic_return/goal_0.5", "charts/episodic_return/goal_2", "charts/SPS"):
+        assert steps(tag) == [200, 400, 600], tag
+    for tag in ("losses/qf_loss", "losses/actor_loss"):
+        assert steps(tag) == [400, 600], tag  # the first update is at step 201
+    for tag in ("charts/eval_return", "charts/eval_return/goal_2"):
+        assert steps(tag) == [300, 600], tag  # at each evaluation, once
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    ret = {int(r["step"]): float(r["episodic_return"]) for r in rows if r["context"] == "goal_2"}
+    assert [e.value for e in acc.Scalars("charts/episodic_return/goal_2")] == pytest.approx([ret[200], ret[400], ret[600]])
+    assert "charts/eval_success" not in acc.Tags()["scalars"]  # cheetah-vel has no success
+
+
+# ---------------------------------------------------------------------------------------------- --compile
+def test_compiled_update_equals_eager():
+    """torch.compile of the losses (the optimiser steps eager) gives the eager update's networks, targets and losses up
+    to float rounding, over critic-only and actor steps on the same batches and noise (measured: at most 3e-8 apart,
+    most tensors bit-equal; inductor fuses the reductions in another order)."""
+    K, B, S, A = 3, 16, 5, 2
+    hyper = {"gamma": 0.99, "tau": 0.05, "policy_noise": 0.2, "noise_clip": 0.5}
+    torch.manual_seed(0)
+    eager = td3.TD3(K, S, A, (8, 8), 1e-3, "cpu")
+    torch.manual_seed(0)
+    compiled = td3.TD3(K, S, A, (8, 8), 1e-3, "cpu", compile=True)
+    for it in range(4):
+        batch = (torch.randn(K, B, S), torch.rand(K, B, A) * 2 - 1, torch.randn(K, B), torch.randn(K, B, S), torch.zeros(K, B))
+        noise = torch.randn(K, B, A) * hyper["policy_noise"]
+        losses = eager.update(batch, it % 2 == 1, **hyper, noise=noise)
+        assert compiled.update(batch, it % 2 == 1, **hyper, noise=noise) == pytest.approx(losses, rel=1e-6)
+    for name, net in eager.networks().items():
+        for x, y in zip(td3.tensors(net), td3.tensors(compiled.networks()[name])):
+            torch.testing.assert_close(y.detach(), x.detach(), rtol=1e-6, atol=1e-7)
