@@ -9,9 +9,14 @@ td3_continuous_action.py). Where we differ from HyperZero's released experts: do
     python td3.py --task cheetah-vel --contexts 0.5 1.5 2.5 --total-timesteps 50000 \
         --learning-starts 5000 --seed 1 --out-dir runs/vel/experts
 
+Past one machine, every task of a job array runs the same command with `--shard I/N` (contexts I, I+N, ... into its
+own --out-dir), and later stages take the shards' directories together (`load_experts`). Progress goes to stdout,
+metrics.csv and TensorBoard event files in out_dir/tb (`tensorboard --logdir runs`; Weights & Biases with --track).
+
 Later stages import from here: the policy form (`layer_sizes`, `init_layers`, `mlp`, `flatten_layers`,
 `unflatten_layers`), the one episode loop (`rollout`, `evaluate_policy`) and the file helpers (`atomic_save`,
-`safe_load`, `load_experts`, `expert_layers`). The tasks, `UserError` and `cli` live in tasks.py.
+`safe_load`, `load_experts`, `expert_layers`, `Tracker`, `resolve_device`). The tasks, `UserError`, `cli` and the
+shared checks of flags and --out-dir live in tasks.py.
 """
 
 from __future__ import annotations
@@ -91,7 +96,8 @@ class Args:
     checkpoint_interval: int = 20_000
     """write a resumable checkpoint at the first episode end after every this many steps (0: off)"""
     resume: bool = False
-    """continue from out_dir/checkpoint.pt (the other flags must match the checkpointed run)"""
+    """continue from out_dir/checkpoint.pt: the same run (its flags must match; --total-timesteps may grow, the
+    directory may have moved), with the same bits as if it had never stopped"""
     device: str = "auto"
     """'auto' (cuda when present), 'cpu' or 'cuda'"""
     torch_threads: int = 0

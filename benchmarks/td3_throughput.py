@@ -1,11 +1,15 @@
-"""Aggregate expert-steps/s of td3.py's batched K-context TD3 against K independent nn.Module learners.
+"""Aggregate expert-steps/s of td3.py's batched K-context TD3, eager and compiled, against K independent learners.
 
-One expert-step = one environment step + one TD3 update (the policy delay included) for one context.
-"batched": td3.py's TD3 and Replay, K cheetah-vel envs stepped together, one batched update per step.
-"independent": K CleanRL-style learners (nn.Module actor and two critics, their own Adam optimisers and
-replay), run one after another for the same number of steps. Both start from a prefilled replay.
+One expert-step = one TD3 update (the policy delay included) for one context, with ("env+update") or without
+("update only") one environment step before it. Columns:
+  eager        td3.py's TD3 and Replay: K cheetah-vel envs stepped together, one batched update per step
+  compiled     the same with --compile (torch.compile of the critic and actor losses; optimiser steps eager)
+  graphed      CUDA only: --compile --cudagraphs (the update replayed as a CUDA graph)
+  independent  K CleanRL-style learners (nn.Module actor and two critics, their own Adam optimisers and replay),
+               run one after another for the same number of steps, as K separate runs would
+All start from a prefilled replay; compile time is spent in the warm-up steps, which are not timed.
 
-    python benchmarks/td3_throughput.py                  # K = 1 4 8 16, hidden 64 and 256, current device
+    python benchmarks/td3_throughput.py --hidden 64 --ks 1 8       # this CPU
     python benchmarks/td3_throughput.py --ks 1 8 32 --steps 200 --device cuda
 """
 
@@ -28,14 +32,20 @@ import td3  # noqa: E402
 class Args:
     ks: tuple[int, ...] = (1, 4, 8, 16)
     """numbers of contexts trained together"""
-    hiddens: tuple[int, ...] = (64, 256)
-    """hidden width (two layers) of actor and critics"""
+    hidden: tuple[int, ...] = (64, 256)
+    """hidden widths (two layers each) of actor and critics, one table block per width"""
     steps: int = 60
-    """timed steps per configuration (after 5 warm-up steps)"""
+    """timed steps per configuration (after the warm-up steps)"""
+    warmup: int = 6
+    """untimed steps first (torch.compile compiles here, CUDA graphs are captured here)"""
     batch_size: int = 256
+    """minibatch size per context"""
     device: str = "auto"
+    """'auto' (cuda when present), 'cpu' or 'cuda'"""
     torch_threads: int = 0
     """CPU threads for torch (0: torch's default, one per core)"""
+    compile: bool = True
+    """also time td3.py's TD3 with --compile (and, on CUDA, --cudagraphs)"""
     skip_independent_above: int = 16
     """do not time the independent learners for K above this (their cost is K x the K = 1 cost)"""
 
@@ -112,33 +122,35 @@ def step_envs(envs, obs, act):
     return nxt, np.array([r[1] for r in res]), np.zeros(len(envs))
 
 
-def time_batched(k, h, args, device):
+def time_batched(k, h, args, device, with_env: bool, compile=False, cudagraphs=False):
     targs = td3.Args(hidden=(h, h), batch_size=args.batch_size)
     hyper = {"gamma": targs.gamma, "tau": targs.tau, "policy_noise": targs.policy_noise, "noise_clip": targs.noise_clip}
+    torch._dynamo.reset()  # compile each configuration afresh (static shapes), as one td3.py run does
     envs, obs = envs_for(k)
-    agent = td3.TD3(k, 17, 6, targs.hidden, 3e-4, device)
+    agent = td3.TD3(k, 17, 6, targs.hidden, 3e-4, device, compile=compile, cudagraphs=cudagraphs)
     rb = td3.Replay(k, 2000, 17, 6, device)
     for _ in range(args.batch_size):
         act = np.random.uniform(-1, 1, (k, 6)).astype(np.float32)
         nxt, r, d = step_envs(envs, obs, act)
         rb.add(obs, act, r, nxt, d)
         obs = nxt
-    for it in range(args.steps + 5):
-        if it == 5:
+    for it in range(args.steps + args.warmup):
+        if it == args.warmup:
             sync(device)
             t0 = time.perf_counter()
-        with torch.no_grad():
-            a = td3.mlp(agent.actor, torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(1))
-            act = (a.squeeze(1).cpu() + 0.1 * torch.randn(k, 6)).clamp(-1, 1).numpy()
-        nxt, r, d = step_envs(envs, obs, act)
-        rb.add(obs, act, r, nxt, d)
-        obs = nxt
+        if with_env:
+            with torch.no_grad():
+                a = td3.mlp(agent.actor, torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(1))
+                act = (a.squeeze(1).cpu() + 0.1 * torch.randn(k, 6)).clamp(-1, 1).numpy()
+            nxt, r, d = step_envs(envs, obs, act)
+            rb.add(obs, act, r, nxt, d)
+            obs = nxt
         agent.update(rb.sample(args.batch_size), it % 2 == 0, **hyper)
     sync(device)
     return k * args.steps / (time.perf_counter() - t0)
 
 
-def time_independent(k, h, args, device):
+def time_independent(k, h, args, device, with_env: bool):
     targs = td3.Args()
     envs, obs = envs_for(k)
     total = 0.0
@@ -150,16 +162,17 @@ def time_independent(k, h, args, device):
             n, r, *_ = env.step(a)
             lr.add(o, a, r, n, 0.0)
             o = n
-        for it in range(args.steps + 5):
-            if it == 5:
+        for it in range(args.steps + args.warmup):
+            if it == args.warmup:
                 sync(device)
                 t0 = time.perf_counter()
-            with torch.no_grad():
-                a = lr.actor(torch.as_tensor(o, dtype=torch.float32, device=device)[None])[0].cpu()
-                a = (a + 0.1 * torch.randn(6)).clamp(-1, 1).numpy()
-            n, r, _, trunc, _ = env.step(a)
-            lr.add(o, a, r, n, 0.0)
-            o = env.reset()[0] if trunc else n
+            if with_env:
+                with torch.no_grad():
+                    a = lr.actor(torch.as_tensor(o, dtype=torch.float32, device=device)[None])[0].cpu()
+                    a = (a + 0.1 * torch.randn(6)).clamp(-1, 1).numpy()
+                n, r, _, trunc, _ = env.step(a)
+                lr.add(o, a, r, n, 0.0)
+                o = env.reset()[0] if trunc else n
             lr.update(args.batch_size, it, targs)
         sync(device)
         total += time.perf_counter() - t0
@@ -179,17 +192,27 @@ def main(args: Args) -> dict:
     device = td3.resolve_device(args.device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} torch thread(s)"
     print(f"device: {name}; batch {args.batch_size}; {args.steps} timed steps per configuration; cheetah-vel envs")
-    print(f"{'hidden':>6} {'K':>4} {'batched':>12} {'independent':>12} {'batched/indep':>14} {'batched K / K=1':>16}")
+    kinds = ["eager"] + (["compiled"] if args.compile else []) + (["graphed"] if args.compile and device.type == "cuda" else [])
+    kinds += ["independent"]
+    cols = [f"{mode[:6]}:{kind[:8]}" for mode in ("update", "env+up") for kind in kinds]
+    print(f"{'hidden':>6} {'K':>4} " + " ".join(f"{c:>15}" for c in cols) + f" {'compiled/eager':>15} {'eager/indep':>12}")
     rows = []
-    for h in args.hiddens:
-        base = None
+    for h in args.hidden:
         for k in args.ks:
-            b = time_batched(k, h, args, device)
-            ind = time_independent(k, h, args, device) if k <= args.skip_independent_above else float("nan")
-            base = base or b
-            rows.append({"hidden": h, "k": k, "batched": b, "independent": ind})
-            print(f"{h:>6} {k:>4} {b:>12.0f} {ind:>12.0f} {b / ind:>14.2f} {b / base:>16.2f}", flush=True)
-    print("(expert-steps/s: environment step + TD3 update per context, aggregated over K)")
+            row = {"hidden": h, "k": k}
+            for with_env, mode in ((False, "update"), (True, "env+update")):
+                for kind in kinds:
+                    if kind == "independent":
+                        v = time_independent(k, h, args, device, with_env) if k <= args.skip_independent_above else float("nan")
+                    else:
+                        v = time_batched(k, h, args, device, with_env, kind != "eager", kind == "graphed")
+                    row[f"{mode} {kind}"] = v
+            rows.append(row)
+            vals = [row[f"{m} {kind}"] for m in ("update", "env+update") for kind in kinds]
+            ratio = row.get("env+update compiled", float("nan")) / row["env+update eager"]
+            indep = row["env+update eager"] / row["env+update independent"]
+            print(f"{h:>6} {k:>4} " + " ".join(f"{v:>15.0f}" for v in vals) + f" {ratio:>15.2f} {indep:>12.2f}", flush=True)
+    print("(aggregate expert-steps/s over K contexts: TD3 updates, with an environment step each in env+up)")
     return {"device": name, "rows": rows}
 
 
