@@ -30,7 +30,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -134,32 +133,6 @@ def load_sources(paths) -> list[tuple[str, dict, object]]:
     return sources
 
 
-def write_atomically(data: bytes, path: Path) -> None:
-    """Bytes to a temp file in the same directory, then a rename: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def save_figure(fig, path: Path) -> None:
-    """A matplotlib figure to path (its suffix names the format), atomically, and closed."""
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format=path.suffix[1:], dpi=120)
-    plt.close(fig)
-    write_atomically(buf.getvalue(), path)
-
-
 def save_video(task, ctx, layers, seed, path):
     import imageio.v2 as imageio
 
@@ -167,7 +140,7 @@ def save_video(task, ctx, layers, seed, path):
     frames = [f[::-1] for f in ep["frames"]] if task == "metaworld" else ep["frames"]  # MetaWorld's camera is upside down
     buf = io.BytesIO()
     imageio.mimsave(buf, frames[::2], format="GIF", duration=0.04)
-    write_atomically(buf.getvalue(), path)
+    td3.atomic_save(buf.getvalue(), path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,7 +241,7 @@ def plot(rows: list[dict], task: str, out: Path, summary: list[dict] | None = No
     ax.set_title(f"{task}: return per context (grey bands: held-out contexts)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    save_figure(fig, out / "returns.png")
+    td3.save_figure(fig, out / "returns.png", dpi=120)
 
     # the mean normalised score over runs and contexts with its 95 % bootstrap interval
     shown = [s for s in summary if s["method"] not in ("expert", "random")]
@@ -284,7 +257,7 @@ def plot(rows: list[dict], task: str, out: Path, summary: list[dict] | None = No
     ax.set_title("mean over runs and contexts, 95 % bootstrap interval", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    save_figure(fig, out / "normalized.png")
+    td3.save_figure(fig, out / "normalized.png", dpi=120)
     if task != "metaworld":
         return ["returns.png", "normalized.png"]
 
@@ -306,7 +279,7 @@ def plot(rows: list[dict], task: str, out: Path, summary: list[dict] | None = No
     ax.set_ylim(0, 1.25)  # room for the legend above the bars
     ax.legend(fontsize=8, ncol=len(methods))
     fig.tight_layout()
-    save_figure(fig, out / "success.png")
+    td3.save_figure(fig, out / "success.png", dpi=120)
     return ["returns.png", "normalized.png", "success.png"]
 
 

@@ -22,8 +22,6 @@ latent_pca.png, and TensorBoard events of the losses in tb/. Later stages call l
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from contextlib import closing
 from dataclasses import asdict, dataclass, replace
@@ -37,7 +35,7 @@ import torch.nn.functional as F
 
 from collect import load_array, read_manifest
 from tasks import TASKS, UserError, check_flags, cli, context_label, parse_contexts, prepare_out_dir
-from td3 import Tracker, atomic_save, n_params, resolve_device, safe_load, unflatten_layers
+from td3 import Tracker, atomic_save, n_params, resolve_device, safe_load, save_figure, unflatten_layers
 
 FORMAT = "cleanhyper-hyplatent-v1"
 GAIN = 1 / 3  # initial LayerNorm gain: latents start inside the clamp [-1, 1] (gain 1 clips a third, with no gradient)
@@ -508,24 +506,6 @@ def plot_latent_pca(ckpt: dict, data_dir, path, per_context: int = 200) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
-    plt.close(fig)
-
-
-def save_figure(fig, path) -> None:
-    """fig as a PNG, written atomically (a temp file in the same directory, then a rename): never half a plot."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=100)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 OUTPUTS = ("hyplatent.pt", "latent_pca.png", "tb")  # what a run writes into --out-dir

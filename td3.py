@@ -409,7 +409,7 @@ def evaluate_policy(task: str, ctx: dict, layers, episodes: int, seed: int) -> d
 # Files: atomic writes, safe loads
 # ---------------------------------------------------------------------------------------------
 def atomic_save(obj, path) -> None:
-    """torch.save / np.save / text to a temp file, then rename: a crash never leaves a truncated file."""
+    """torch.save / np.save / text or bytes to a temp file, then rename: a crash never leaves a truncated file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -417,8 +417,8 @@ def atomic_save(obj, path) -> None:
         with os.fdopen(fd, "wb") as f:
             if isinstance(obj, np.ndarray):
                 np.save(f, obj, allow_pickle=False)
-            elif isinstance(obj, str):
-                f.write(obj.encode())
+            elif isinstance(obj, (str, bytes)):
+                f.write(obj.encode() if isinstance(obj, str) else obj)
             else:
                 torch.save(obj, f)
         umask = os.umask(0)
@@ -428,6 +428,16 @@ def atomic_save(obj, path) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def save_figure(fig, path, dpi: int = 100) -> None:
+    """A matplotlib figure to path (its suffix names the format), written atomically, then closed."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format=Path(path).suffix[1:], dpi=dpi)
+    plt.close(fig)
+    atomic_save(buf.getvalue(), path)
 
 
 def safe_load(path) -> dict:

@@ -247,12 +247,12 @@ def test_save_figure_is_atomic(tmp_path):
     import matplotlib.pyplot as plt
 
     fig, _ = plt.subplots()
-    evaluate.save_figure(fig, tmp_path / "a.png")
+    td3.save_figure(fig, tmp_path / "a.png")
     assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG" and [p.name for p in tmp_path.iterdir()] == ["a.png"]
     (tmp_path / "b.png").write_bytes(b"earlier")
     fig, _ = plt.subplots()
     with pytest.raises(ValueError):  # a format matplotlib cannot write: the earlier file stays, no temp file is left
-        evaluate.save_figure(fig, tmp_path / "b.nosuchformat")
+        td3.save_figure(fig, tmp_path / "b.nosuchformat")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png"]
 
 
