@@ -21,7 +21,6 @@ Every model, the MLP baselines included, is turned into the td3 policy form by `
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -33,6 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import collect
 import tasks
 import td3
 from tasks import UserError
@@ -253,17 +253,9 @@ def load_rollouts(path) -> tuple[dict, dict[str, np.ndarray]]:
     mf = path / "manifest.json"
     if not mf.is_file():
         raise UserError(f"no rollouts at {path} (manifest.json missing: run collect.py, or it was interrupted)")
-    try:
-        man = json.loads(mf.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{mf} is not valid JSON (truncated or damaged: {e}); rerun collect.py") from None
-    if not isinstance(man, dict) or man.get("format") != ROLLOUTS_FORMAT:
-        got = man.get("format") if isinstance(man, dict) else type(man).__name__
-        raise UserError(f"{mf} is not a collect.py rollout set (format {got!r}, want {ROLLOUTS_FORMAT!r})")
-    for key, types in MANIFEST_KEYS.items():
-        if not isinstance(man.get(key), types) or isinstance(man.get(key), bool):
-            want = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
-            raise UserError(f"{mf}: {key!r} is {man.get(key, 'missing')!r}; expected a {want} (rerun collect.py)")
+    man = collect.read_manifest(mf, {"format": str, **MANIFEST_KEYS, "counts": dict})
+    if man["format"] != ROLLOUTS_FORMAT:
+        raise UserError(f"{mf} is not a collect.py rollout set (format {man['format']!r}, want {ROLLOUTS_FORMAT!r})")
     n = man.get("counts", {}).get("rows") if isinstance(man.get("counts"), dict) else None
     if not isinstance(n, int) or isinstance(n, bool) or n < 0:
         raise UserError(f"{mf}: counts.rows is {n!r}; expected the number of rows (rerun collect.py)")
@@ -277,24 +269,14 @@ def load_rollouts(path) -> tuple[dict, dict[str, np.ndarray]]:
     want = {"obs": (n, S), "action": (n, A), "reward": (n,), "next_obs": (n, S), "terminated": (n,), "q": (n,), "context": (n, C)}
     want["context_id"] = (n,)
     arrays = {}
-    for f in ROLLOUT_FIELDS:
+    for f in ROLLOUT_FIELDS:  # loaded without pickle, of their kind, finite (collect.load_array), then their shapes
         file = path / f"{f}.npy"
-        try:
-            a = np.load(file, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as e:  # missing, truncated, object dtype (a pickle), not .npy
-            raise UserError(f"cannot load {file}: {str(e).splitlines()[0]} (rerun collect.py)") from None
-        kinds = "iu" if f == "context_id" else "f"
-        if not isinstance(a, np.ndarray) or a.dtype.kind not in kinds:
-            raise UserError(
-                f"{file} has dtype {getattr(a, 'dtype', type(a).__name__)}; expected {'integers' if f == 'context_id' else 'float32'}"
-            )
+        a = collect.load_array(file, kind="iu" if f == "context_id" else "f")
         if a.shape != want[f]:
             raise UserError(
                 f"{file} has shape {a.shape} but the manifest says {want[f]}: rollouts at {path} are inconsistent with"
                 " their manifest (mixed sets? rerun collect.py)"
             )
-        if kinds == "f" and not np.isfinite(a).all():
-            raise UserError(f"bad data in {file}: {int((~np.isfinite(a)).sum())} NaN or infinite values")
         arrays[f] = a
     if n == 0 or arrays["context_id"].min() < 0 or arrays["context_id"].max() >= len(man["contexts"]):
         raise UserError(f"rollouts at {path}: context_id outside the manifest's {len(man['contexts'])} contexts")

@@ -302,11 +302,11 @@ def corrupt(path: Path, how: str) -> str:
         return "manifest.json is not valid JSON"
     if how == "manifest a list":
         (path / "manifest.json").write_text("[1, 2]")
-        return "manifest.json is not a collect.py rollout set"
+        return "manifest.json holds a JSON list, not the object collect.py writes"
     if how.startswith("manifest without "):
         key = how.split()[-1]
         (path / "manifest.json").write_text(json.dumps({k: v for k, v in man.items() if k != key}))
-        return f"manifest.json: '{key}' is 'missing'" if key != "counts" else "manifest.json: counts.rows is None"
+        return f"manifest.json has no '{key}' entry"
     if how == "manifest obs_dim a string":
         (path / "manifest.json").write_text(json.dumps({**man, "obs_dim": "4"}))
         return "manifest.json: 'obs_dim' is '4'; expected a int"
@@ -315,20 +315,20 @@ def corrupt(path: Path, how: str) -> str:
         return "bad data in .*manifest.json: context 0"
     if how == "float context_id":
         np.save(path / "context_id.npy", np.load(path / "context_id.npy").astype(np.float32))
-        return "context_id.npy has dtype float32; expected integers"
+        return "context_id.npy holds float32 values; expected integer values"
     if how == "truncated npy":
         data = (path / "obs.npy").read_bytes()
         (path / "obs.npy").write_bytes(data[: len(data) // 2])
-        return "cannot load .*obs.npy"
+        return "cannot read .*obs.npy"
     if how == "empty npy":
         (path / "q.npy").write_bytes(b"")
-        return "cannot load .*q.npy"
+        return "cannot read .*q.npy"
     if how == "object npy":
         np.save(path / "reward.npy", np.array([{"r": 1}] * man["counts"]["rows"], dtype=object), allow_pickle=True)
-        return "cannot load .*reward.npy: Object arrays cannot be loaded"
+        return "cannot read .*reward.npy: .*Object arrays cannot be loaded"
     if how == "string npy":
         np.save(path / "action.npy", np.full((man["counts"]["rows"], A), "a"))
-        return "action.npy has dtype <U1; expected float32"
+        return "action.npy holds <U1 values; expected floating-point values"
     if how == "arrays of different lengths":
         np.save(path / "reward.npy", np.load(path / "reward.npy")[:-3])
         return "reward.npy has shape .* but the manifest says .*inconsistent"
