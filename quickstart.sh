@@ -1,43 +1,56 @@
 #!/usr/bin/env bash
-# CleanHyper quickstart: Cheetah-Vel end to end on a 2-core CPU.
-#   1. TD3 experts for 7 target velocities 0, 0.5, ..., 3, trained together (td3.py)
-#   2. their rollouts and their training snapshots' behaviour data (collect.py)
-#   3. with goals 1 and 2 held out: HyperZero and the context-conditioned MLP (hyperzero.py),
-#      HypLatent and HypFormer (hyplatent.py, hypformer.py); with --meta also MAML and PEARL (meta.py)
-#   4. every method rolled out on all 7 goals: the table below, returns.png and normalized.png (evaluate.py)
+# CleanHyper quickstart: Cheetah-Vel end to end on a 2-core CPU, zero-shot to goals between the training goals.
+#   1. TD3 experts for 7 training velocities 0, 0.5, ..., 3 and, beside them, for 4 held-out velocities
+#      0.75, 1.25, 1.75, 2.25 (td3.py; the held-out experts only score the methods: random = 0, expert = 1)
+#   2. the training experts' rollouts and their snapshots' behaviour data (collect.py): no held-out goal is in them
+#   3. seeds 1-3 of HyperZero and the context-conditioned MLP (hyperzero.py), HypLatent and HypFormer
+#      (hyplatent.py, hypformer.py); with --meta also MAML and PEARL (meta.py)
+#   4. every method on the 4 held-out goals: mean and IQM of the expert-normalised score with 95 % bootstrap
+#      intervals over seeds and goals, returns.png and normalized.png (evaluate.py)
 # Usage: bash quickstart.sh [--meta] [OUT_DIR]    (default OUT_DIR runs/quickstart; PYTHON=... picks the interpreter)
+# Running it again replaces the earlier outputs in OUT_DIR (--overwrite).
 set -euo pipefail
 cd "$(dirname "$0")"
 META=0
 if [ "${1:-}" = "--meta" ]; then META=1; shift; fi
 OUT=${1:-runs/quickstart}
 PY=${PYTHON:-python}
-# Every stage on one torch thread: two processes share the 2 cores below (the README's numbers were made so).
-stage() { $PY "$@" --torch-threads 1; }
+# Every stage on one torch thread: two processes share the 2 cores below.
+stage() { $PY "$@" --torch-threads 1 --overwrite; }
 GOALS="0 0.5 1 1.5 2 2.5 3"
-HELDOUT="1 2"
+HELDOUT="0.75 1.25 1.75 2.25"
+SEEDS="1 2 3"
 T0=$(date +%s)
 
-stage td3.py --task cheetah-vel --contexts $GOALS --total-timesteps 50000 --learning-starts 2000 --hidden 64 64 \
-  --eval-interval 10000 --eval-episodes 3 --snapshot-interval 1000 --snapshot-start 25000 --log-interval 5000 \
-  --seed 1 --out-dir "$OUT/experts"
+TD3="--task cheetah-vel --total-timesteps 50000 --learning-starts 2000 --hidden 64 64 --eval-interval 10000 --eval-episodes 3 --seed 1"
+stage td3.py $TD3 --contexts $GOALS --snapshot-interval 1000 --snapshot-start 25000 --log-interval 5000 --out-dir "$OUT/experts" &
+PID=$!  # `wait PID` returns the job's exit status, so set -e stops on a failed background stage too
+stage td3.py $TD3 --contexts $HELDOUT --log-interval 50000 --out-dir "$OUT/experts_heldout" > /dev/null
+wait $PID
 stage collect.py --experts "$OUT/experts" --episodes 5 --seed 1 --out-dir "$OUT/rollouts"
 
-# The two families train side by side, one per core.
-stage hyperzero.py --rollouts "$OUT/rollouts" --model hyperzero --test-contexts $HELDOUT --steps 2000 --seed 1 \
-  --out-dir "$OUT/hyperzero" &
-(
-  stage hyperzero.py --rollouts "$OUT/rollouts" --model mlp --test-contexts $HELDOUT --steps 2000 --seed 1 --out-dir "$OUT/mlp"
-  stage hyplatent.py --data "$OUT/rollouts" --test-contexts $HELDOUT --seed 1 --out-dir "$OUT/hyplatent"
-  stage hypformer.py --hyplatent "$OUT/hyplatent" --seed 1 --out-dir "$OUT/hypformer"
-)
-wait
-POLICIES="$OUT/hyperzero $OUT/mlp $OUT/hyplatent $OUT/hypformer"
+# Two lanes side by side, one per core; every approximator trains on all 7 goals (--test-fraction 0).
+for s in $SEEDS; do
+  stage hyperzero.py --rollouts "$OUT/rollouts" --model hyperzero --test-fraction 0 --steps 2000 --seed $s --out-dir "$OUT/hyperzero_s$s"
+  stage hyperzero.py --rollouts "$OUT/rollouts" --model mlp --test-fraction 0 --steps 2000 --seed $s --out-dir "$OUT/mlp_s$s"
+done &
+PID=$!
+for s in $SEEDS; do
+  stage hyplatent.py --data "$OUT/rollouts" --seed $s --out-dir "$OUT/hyplatent_s$s"
+  stage hypformer.py --hyplatent "$OUT/hyplatent_s$s" --seed $s --out-dir "$OUT/hypformer_s$s"
+done
+wait $PID
+POLICIES=$(for m in hyperzero mlp hyplatent hypformer; do for s in $SEEDS; do echo -n " $OUT/${m}_s$s"; done; done)
 if [ $META = 1 ]; then
-  stage meta.py --rollouts "$OUT/rollouts" --model maml --test-contexts $HELDOUT --steps 2000 --seed 1 --out-dir "$OUT/maml" &
-  stage meta.py --rollouts "$OUT/rollouts" --model pearl --test-contexts $HELDOUT --steps 2000 --seed 1 --out-dir "$OUT/pearl"
-  wait
-  POLICIES="$POLICIES $OUT/maml $OUT/pearl"
+  for s in $SEEDS; do
+    stage meta.py --rollouts "$OUT/rollouts" --model maml --test-fraction 0 --steps 2000 --seed $s --out-dir "$OUT/maml_s$s" &
+    PID=$!
+    stage meta.py --rollouts "$OUT/rollouts" --model pearl --test-fraction 0 --steps 2000 --seed $s --out-dir "$OUT/pearl_s$s"
+    wait $PID
+    POLICIES="$POLICIES $OUT/maml_s$s $OUT/pearl_s$s"
+  done
 fi
-stage evaluate.py --experts "$OUT/experts" --policies $POLICIES --episodes 3 --samples 4 --seed 1 --out-dir "$OUT/eval"
+# Several directories of one method are its runs: rows per run in results.json, intervals over runs and goals.
+stage evaluate.py --experts "$OUT/experts" "$OUT/experts_heldout" --policies $POLICIES --contexts $HELDOUT $GOALS \
+  --episodes 3 --samples 4 --seed 1 --out-dir "$OUT/eval"
 echo "quickstart done in $(( $(date +%s) - T0 )) s: table above, plots in $OUT/eval (returns.png, normalized.png)"
