@@ -121,17 +121,13 @@ EXPERT_KEYS = {"context_names": list, "context_vector": list, "step": int, "eval
 
 
 def check_experts(experts: list[dict], files: list[Path]) -> None:
-    """Each expert (already checked by td3.load_experts) also holds the keys collect.py reads, and all share one set
-    of context variables."""
+    """Each expert (already checked by td3.load_experts, which also made task, sizes and gamma agree) holds the keys
+    collect.py reads too, and all share one set of context variables."""
     for e, f in zip(experts, files):
-        for key, types in EXPERT_KEYS.items():
-            if key not in e or not isinstance(e[key], types) or isinstance(e[key], bool):
-                want = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
-                raise UserError(f"{f} is not an expert file written by td3.py: {key!r} missing or not a {want}")
-    for key in ("task", "obs_dim", "act_dim", "context_names", "gamma"):
-        seen = {json.dumps(e[key]) for e in experts}
-        if len(seen) > 1:
-            raise UserError(f"experts differ in {key} ({', '.join(sorted(seen))}): put one task's experts in one directory")
+        td3.require_keys(e, EXPERT_KEYS, f)
+    seen = {json.dumps(e["context_names"]) for e in experts}
+    if len(seen) > 1:
+        raise UserError(f"experts differ in context_names ({', '.join(sorted(seen))}): put one task's experts in one directory")
 
 
 def behaviour_features(states: np.ndarray, actions: np.ndarray, success_step: int) -> tuple[np.ndarray, np.ndarray]:

@@ -465,15 +465,20 @@ EXPERT_KEYS |= {"gamma": (int, float), "actor": list, "critic1": list, "critic2"
 SHARED = ("task", "obs_dim", "act_dim", "hidden", "gamma")  # what the experts of one sweep have in common
 
 
+def require_keys(e: dict, keys: dict, f) -> None:
+    """Every key (name -> type or tuple of types) present in expert dict e and of its type (bools are not numbers)."""
+    for key, types in keys.items():
+        if key not in e or not isinstance(e[key], types) or isinstance(e[key], bool):
+            want = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+            raise UserError(f"{f} is not an expert file written by td3.py: {key!r} missing or not a {want}")
+
+
 def check_expert(e, f) -> dict:
     """One expert file's contents, checked for what later stages read: the keys and their types, then the actor
     and both critics as lists of finite float tensors of the layer sizes obs_dim, hidden, act_dim give."""
     if not isinstance(e, dict):
         raise UserError(f"{f} is not an expert file written by td3.py: it holds a {type(e).__name__}, not a dict")
-    for key, types in EXPERT_KEYS.items():
-        if key not in e or not isinstance(e[key], types) or isinstance(e[key], bool):
-            want = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
-            raise UserError(f"{f} is not an expert file written by td3.py: {key!r} missing or not a {want}")
+    require_keys(e, EXPERT_KEYS, f)
     S, A, H = e["obs_dim"], e["act_dim"], e["hidden"]
     if not all(type(n) is int and n > 0 for n in (S, A, *H)):
         raise UserError(f"{f}: obs_dim {S}, act_dim {A} and hidden {H} must be positive integers")

@@ -187,7 +187,14 @@ def with_obs_dim(n: int) -> dict:
     return {"obs_dim": n, "actor": flat([n, 16, 16, 6]), "critic1": flat(critic), "critic2": flat(critic)}
 
 
-@pytest.mark.parametrize("changes,msg", [({"task": "cheetah-run"}, "differ in task"), (with_obs_dim(18), "differ in obs_dim")])
+@pytest.mark.parametrize(
+    "changes,msg",
+    [
+        ({"task": "cheetah-run"}, "differ in task"),
+        (with_obs_dim(18), "differ in obs_dim"),
+        ({"context_names": ["speed"]}, "differ in context_names"),
+    ],
+)
 def test_mixed_expert_dir_refused(tiny_experts, tmp_path, changes, msg):
     with pytest.raises(UserError, match=msg):
         run(corrupt_copy(tiny_experts, tmp_path / "mixed", **changes), tmp_path / "out")
