@@ -18,9 +18,10 @@ bootstrap intervals (Agarwal et al. 2021, "Deep RL at the edge of the statistica
 
 Writes results.json / results.csv (one row per method, run and context), summary.json, returns.png (return against
 context, expert drawn, held-out contexts marked; several runs: their mean and min-max), normalized.png (mean
-expert-normalised score on training and held-out contexts per method, with its interval), success.png (MetaWorld:
-success per task and method); with --capture-video one GIF per (method, run, context). Every file is written
-atomically (a temp file, then a rename).
+expert-normalised score on training and held-out contexts per method, with its interval), heatmap.png (two
+context variables varied, as cheetah-run speed + length: each approximator's normalised score over the grid, held-out
+cells boxed), success.png (MetaWorld: success per task and method); with --capture-video one GIF per (method, run,
+context). Every file is written atomically (a temp file, then a rename).
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ from tasks import UserError
 
 SOURCES = {m.FORMAT: m for m in (hyperzero, meta, hyplatent, hypformer)}  # checkpoint format -> the module reading it
 CHECKPOINTS = ("hyperzero.pt", "meta.pt", "hyplatent.pt", "hypformer.pt")
-OUTPUTS = ("results.json", "results.csv", "summary.json", "returns.png", "normalized.png", "success.png", "videos")
+OUTPUTS = ("results.json", "results.csv", "summary.json", "returns.png", "normalized.png", "heatmap.png", "success.png")
+OUTPUTS += ("videos",)
 # flags in which runs of one method may differ without a note (where and how they ran, not what they learned)
 RUN_FLAGS = {"seed", "out_dir", "device", "torch_threads", "log_interval", "overwrite", "track", "wandb_project_name"}
 RUN_FLAGS |= {"wandb_entity", "rollouts", "data", "hyplatent"}
@@ -72,7 +74,8 @@ class Args:
     samples: int = 4
     """generated policies per context for the generative methods (hyplatent, hypformer)"""
     adapt_transitions: int = 200
-    """maml, pearl: also evaluate them adapted on this many expert transitions of each context (rows '<method>-adapted'; NOT zero-shot)"""
+    """maml, pearl: also evaluate them adapted on this many expert transitions of each context (rows '<method>-adapted';
+    NOT zero-shot); 0: zero-shot rows only"""
     adapt_steps: int = -1
     """maml: inner SGD steps of that adaptation (-1: the checkpoint's --inner-steps); pearl infers z and takes none"""
     seed: int = 1
@@ -203,17 +206,14 @@ def plot(rows: list[dict], task: str, out: Path, summary: list[dict] | None = No
 
     summary = summary if summary is not None else summarize(rows)
     labels = list(dict.fromkeys(r["label"] for r in rows))
-    numeric = task != "metaworld" and len(rows[0]["context"]) == 1
-    xs = {
-        lab: (next(iter(r["context"].values())) if numeric else i)
-        for i, lab in enumerate(labels)
-        for r in rows
-        if r["label"] == lab
-    }
+    var = varying(rows)  # cheetah-run contexts carry speed and length; plot against the one that varies
+    numeric = task != "metaworld" and len(var) == 1
+    xs = {lab: (r["context"][var[0]] if numeric else i) for i, lab in enumerate(labels) for r in rows if r["label"] == lab}
     held = sorted({xs[r["label"]] for r in rows if r["heldout"]})
     fig, ax = plt.subplots(figsize=(7, 4))
+    w = 0.02 * (max(xs.values()) - min(xs.values())) if numeric and len(xs) > 1 else 0.3  # half-width of a band
     for x in held:
-        ax.axvspan(x - 0.04, x + 0.04, color="0.85", zorder=0)
+        ax.axvspan(x - w, x + w, color="0.85", zorder=0)
     for method in dict.fromkeys(r["method"] for r in rows):
         rs = [r for r in rows if r["method"] == method]
         at = sorted({xs[r["label"]] for r in rs})
@@ -236,7 +236,7 @@ def plot(rows: list[dict], task: str, out: Path, summary: list[dict] | None = No
         ax.errorbar(at, y, err, marker="o", ms=4, capsize=2, label=label, **style)
     if not numeric:
         ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
-    ax.set_xlabel(next(iter(rows[0]["context"])) if numeric else "context")
+    ax.set_xlabel(var[0] if numeric else "context")
     ax.set_ylabel("episode return")
     ax.set_title(f"{task}: return per context (grey bands: held-out contexts)")
     ax.legend(fontsize=8)
@@ -259,7 +259,7 @@ def plot(rows: list[dict], task: str, out: Path, summary: list[dict] | None = No
     fig.tight_layout()
     td3.save_figure(fig, out / "normalized.png", dpi=120)
     if task != "metaworld":
-        return ["returns.png", "normalized.png"]
+        return ["returns.png", "normalized.png"] + (["heatmap.png"] if heatmap(rows, var, out) else [])
 
     # MetaWorld: success per task and method (the normalised return means little where random beats the expert)
     methods = list(dict.fromkeys(r["method"] for r in rows))
@@ -281,6 +281,51 @@ def plot(rows: list[dict], task: str, out: Path, summary: list[dict] | None = No
     fig.tight_layout()
     td3.save_figure(fig, out / "success.png", dpi=120)
     return ["returns.png", "normalized.png", "success.png"]
+
+
+def varying(rows: list[dict]) -> list[str]:
+    """The context variables whose value differs between the rows, in the context's order (MetaWorld: none)."""
+    names = list(rows[0]["context"])
+    return [n for n in names if len({r["context"].get(n) for r in rows}) > 1]
+
+
+def score_grid(rows: list[dict], var: list[str]):
+    """The rows of one method -> (x values, y values, grid [len(y), len(x)] of the normalised score averaged over
+    runs, NaN where no row; {(i, j)} of the held-out cells)."""
+    gx, gy = (sorted({r["context"][v] for r in rows}) for v in var)
+    grid, held = np.full((len(gy), len(gx)), np.nan), set()
+    for j, y in enumerate(gy):
+        for i, x in enumerate(gx):
+            cell = [r["normalized"] for r in rows if r["context"][var[0]] == x and r["context"][var[1]] == y]
+            grid[j, i] = np.mean(cell) if cell else np.nan
+            if any(r["heldout"] for r in rows if r["context"][var[0]] == x and r["context"][var[1]] == y):
+                held.add((i, j))
+    return gx, gy, grid, held
+
+
+def heatmap(rows: list[dict], var: list[str], out: Path) -> bool:
+    """Two varying context variables (cheetah-run speed + length): one panel per approximator, its normalised score
+    (mean over runs) over the grid, held-out cells boxed. False (nothing written) for other families."""
+    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m not in ("expert", "random")]
+    scored = [r for r in rows if r["method"] in methods and r["normalized"] is not None]
+    if len(var) != 2 or not scored:
+        return False
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(methods), figsize=(2.6 * len(methods) + 1, 2.9), squeeze=False)
+    for ax, m in zip(axes[0], methods):
+        gx, gy, grid, held = score_grid([r for r in scored if r["method"] == m], var)
+        im = ax.imshow(grid, origin="lower", vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        for i, j in held:  # the held-out contexts: a red box
+            ax.add_patch(plt.Rectangle((i - 0.5, j - 0.5), 1, 1, fill=False, ec="red", lw=2))
+        ax.set_xticks(range(len(gx)), [f"{x:g}" for x in gx])
+        ax.set_yticks(range(len(gy)), [f"{y:g}" for y in gy])
+        ax.set_xlabel(var[0])
+        ax.set_title(m, fontsize=9)
+    axes[0][0].set_ylabel(var[1])
+    fig.colorbar(im, ax=axes[0].tolist(), label="normalised score (red: held out)", shrink=0.9)
+    td3.save_figure(fig, out / "heatmap.png", dpi=120)
+    return True
 
 
 def demo_conditions(task, contexts, by_label, seed, device) -> torch.Tensor:
@@ -345,8 +390,8 @@ def write_results(rows: list[dict], task: str, args: Args, out: Path) -> tuple[l
 
 def main(args: Args) -> dict:
     # every flag and input file checked, and --out-dir prepared, before any rollout
-    positive = ("episodes", "samples", "adapt_transitions", "bootstrap_reps")
-    tasks.check_flags(args, positive, nonnegative=("seed", "torch_threads"))
+    positive = ("episodes", "samples", "bootstrap_reps")
+    tasks.check_flags(args, positive, nonnegative=("seed", "torch_threads", "adapt_transitions"))
     if args.adapt_steps < -1:
         raise UserError(f"--adapt-steps must be >= 0, or -1 for the checkpoint's --inner-steps; got {args.adapt_steps}")
     torch.manual_seed(args.seed)
@@ -431,7 +476,8 @@ def main(args: Args) -> dict:
             add(method, run, ctx, res, lab not in train, n, extra)
             if args.capture_video:
                 save_video(task, ctx, [(W[:1], b[:1]) for W, b in own], args.seed, out / "videos" / f"{prefix}_{lab}.gif")
-        if hasattr(mod, "adapt_policies"):  # few-shot rows (NOT zero-shot): adapted on the context's expert transitions
+        # few-shot rows (NOT zero-shot): adapted on the context's expert transitions
+        if hasattr(mod, "adapt_policies") and args.adapt_transitions:
             for lab in (lab for lab in labels if lab not in by_label):
                 print(f"{method + '-adapted':>18} {lab:>22}: skipped, no expert in --experts to draw adaptation transitions from")
             todo = [(ctx, lab) for ctx, lab in zip(contexts, labels) if lab in by_label]

@@ -333,3 +333,27 @@ def test_cli_bad_flags_one_line_exit_2(tiny_experts, tmp_path, argv):
     r = run_cli("--experts", str(tiny_experts), "--out-dir", str(tmp_path / "out"), *argv)
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert f"{argv[0]} must be a finite number" in r.stderr and not (tmp_path / "out").exists()
+
+
+def test_plots_follow_the_varying_context_variables(tmp_path):
+    """cheetah-run contexts carry speed and length: one varying -> return against it, no heat map; both -> a heat map
+    whose cells are each method's mean over runs, held-out cells known."""
+
+    def rows_for(grid):
+        return [
+            {"method": m, "run": run, "label": f"s{sp}_l{ln}", "context": {"speed": sp, "length": ln},
+             "heldout": (sp, ln) == (2.0, 0.4) and m == "hz", "return_mean": sp, "return_std": 0.0,
+             "normalized": None if m == "random" else sp / 2 + ln + (0.1 if run == "b" else 0.0), "success_rate": None}
+            for m, runs in (("random", [None]), ("expert", [None]), ("hz", ["a", "b"])) for run in runs for sp, ln in grid
+        ]  # fmt: skip
+
+    one = rows_for([(1.0, 0.5), (2.0, 0.5), (3.0, 0.5)])
+    assert evaluate.varying(one) == ["speed"]
+    assert evaluate.plot(one, "cheetah-run", tmp_path / "a") == ["returns.png", "normalized.png"]
+    both = rows_for([(sp, ln) for sp in (1.0, 2.0) for ln in (0.4, 0.6)])
+    assert evaluate.varying(both) == ["speed", "length"]
+    assert evaluate.plot(both, "cheetah-run", tmp_path / "b") == ["returns.png", "normalized.png", "heatmap.png"]
+    assert (tmp_path / "b" / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    gx, gy, grid, held = evaluate.score_grid([r for r in both if r["method"] == "hz"], ["speed", "length"])
+    assert gx == [1.0, 2.0] and gy == [0.4, 0.6] and held == {(1, 0)}
+    np.testing.assert_allclose(grid, [[0.95, 1.45], [1.15, 1.65]])  # [length, speed]: speed/2 + length + 0.05

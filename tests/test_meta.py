@@ -269,6 +269,17 @@ def test_evaluate_adds_adapted_rows(tiny_experts, tmp_path, capsys):
     assert "skipped, no expert" in capsys.readouterr().out
     methods = [s["method"] for s in res["summary"]]
     assert {"maml", "maml-adapted", "pearl", "pearl-adapted"} <= set(methods)
+    zero_shot = evaluate.main(  # --adapt-transitions 0: the zero-shot rows only, the same numbers
+        evaluate.Args(
+            experts=(str(tiny_experts),),
+            policies=(str(tmp_path / "maml"), str(tmp_path / "pearl")),
+            contexts=("0.5", "2.0", "1.0"),
+            episodes=1,
+            adapt_transitions=0,
+            out_dir=str(tmp_path / "ev0"),
+        )
+    )
+    assert [r for r in res["rows"] if not r["method"].endswith("-adapted")] == zero_shot["rows"]
     # the adaptation data are the expert's own transitions, from seeds apart from the evaluation episodes
     e = next(x for x in td3.load_experts(tiny_experts) if x["label"] == "goal_2")
     tr = evaluate.expert_transitions("cheetah-vel", e, 250, 1, "cpu")

@@ -1,0 +1,98 @@
+"""suite/: the HyperZero benchmark's families (contexts valid, held-out contexts inside the training range) and
+suite/table.py's tables from evaluate.py's outputs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import evaluate
+import tasks
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "suite"))
+import table  # noqa: E402
+
+
+def families() -> dict:
+    out = subprocess.run(
+        ["bash", "suite/hyperzero.sh", "--list"], cwd=ROOT, capture_output=True, text=True, env={"PYTHON": sys.executable}
+    )
+    assert out.returncode == 0, out.stderr
+    rows = [line.split("|") for line in out.stdout.strip().splitlines()]
+    return {name: (task, int(steps), ctx.split(), held.split()) for name, task, steps, ctx, held in rows}
+
+
+def test_families_are_the_papers_and_hold_out_inside_the_range():
+    fams = families()
+    assert list(fams) == list(table.FAMILIES)
+    for name, (task, steps, ctx, held) in fams.items():
+        contexts, test = tasks.parse_contexts(task, ctx), tasks.parse_contexts(task, held)
+        labels = [tasks.context_label(c) for c in contexts]
+        assert len(set(labels)) == len(labels) and steps > 0
+        assert {tasks.context_label(c) for c in test} < set(labels), name  # held out: some, not all, of the contexts
+        for var in evaluate.varying([{"context": c} for c in contexts]):  # strictly inside the range of each variable
+            lo, hi = min(c[var] for c in contexts), max(c[var] for c in contexts)
+            assert all(lo < c[var] < hi for c in test), (name, var)
+    # what varies is what the family's name says
+    assert {n: evaluate.varying([{"context": c} for c in tasks.parse_contexts(t, x)]) for n, (t, _, x, _) in fams.items()} == {
+        "cheetah-speed": ["speed"], "cheetah-length": ["length"], "cheetah-both": ["speed", "length"],
+        "walker-speed": ["speed"], "walker-length": ["length"],
+    }  # fmt: skip
+    assert fams["cheetah-speed"][2][0] == "0.5" and fams["cheetah-length"][2][-1] == "speed=10,length=0.7"
+
+
+def test_unknown_family_refused_before_any_work(tmp_path):
+    out = subprocess.run(
+        ["bash", "suite/hyperzero.sh", "cheetah-speed", "nosuch"],
+        cwd=ROOT, capture_output=True, text=True, env={"PYTHON": sys.executable, "OUT": str(tmp_path / "o"), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert out.returncode == 2 and "unknown family 'nosuch'; valid: cheetah-speed" in out.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def fake_eval(d: Path, scores: dict, expert=(500.0, 400.0, 300.0), rnd=100.0):
+    """evaluate.py's outputs for a family of 3 contexts (the last held out) from {method: {run: score}}."""
+    rows = []
+    for i, lab in enumerate(("a", "b", "c")):
+        held = i == 2
+        rows += [{"method": "random", "run": None, "label": lab, "heldout": held, "return_mean": rnd, "normalized": 0.0}]
+        ret = expert[i]
+        rows += [{"method": "expert", "run": None, "label": lab, "heldout": held, "return_mean": ret, "normalized": 1.0}]
+        for m, runs in scores.items():
+            for run, s in runs.items():
+                r = {"method": m, "run": run, "label": lab, "heldout": held, "normalized": s + 0.1 * i}
+                rows.append({**r, "return_mean": rnd + r["normalized"] * (ret - rnd)})
+    for r in rows:
+        r["success_rate"] = None
+    (d / "eval").mkdir(parents=True)
+    (d / "eval" / "results.json").write_text(json.dumps(rows))
+    (d / "eval" / "summary.json").write_text(json.dumps({"summary": evaluate.summarize(rows, reps=200)}))
+
+
+def test_table_reads_every_evaluated_family(tmp_path):
+    fake_eval(tmp_path / "cheetah-speed", {"hyperzero": {"s1": 0.5, "s2": 0.7}, "mlp": {"s1": 0.1, "s2": 0.1}})
+    fake_eval(tmp_path / "walker-length", {"hyperzero": {"s1": 0.2, "s2": 0.2}})
+    text = table.main(table.Args(out=str(tmp_path)))
+    assert (tmp_path / "table.md").read_text() == text + "\n"
+    assert "| cheetah-speed | 3 (1) | 450 (400-500) | 300 (300-300) | 100 |" in text  # expert returns, random
+    assert "| method | cheetah-speed | walker-length |" in text  # the families that were evaluated, in order
+    assert "| hyperzero | 0.80 [0.70, 0.90] | 0.40 [0.40, 0.40] |" in text  # held out (context c): 0.5/0.7 + 0.2
+    assert "| mlp | 0.30 [0.30, 0.30] | - |" in text
+    # the published metric: held-out return / expert return = (100 + 0.8 * 200) / 300 on cheetah-speed
+    assert "| hyperzero: return / expert return | 0.87 | 0.60 |" in text
+    assert "| HyperZero, published (HyPoGen's re-run, DMC) | 0.80 | 0.72 |" in text
+
+
+def test_table_errors(tmp_path):
+    with pytest.raises(tasks.UserError, match="no such directory"):
+        table.main(table.Args(out=str(tmp_path / "none")))
+    with pytest.raises(tasks.UserError, match="no family evaluated yet"):
+        table.main(table.Args(out=str(tmp_path)))
+    (tmp_path / "cheetah-both" / "eval").mkdir(parents=True)
+    for f in ("summary.json", "results.json"):
+        (tmp_path / "cheetah-both" / "eval" / f).write_text("{truncated")
+    with pytest.raises(tasks.UserError, match="cannot read .*cheetah-both/eval"):
+        table.main(table.Args(out=str(tmp_path)))
