@@ -664,7 +664,7 @@ def read_checkpoint(path, args: dict) -> dict:
         raise UserError(
             f"cannot resume {path}: an incomplete checkpoint (missing or malformed: {', '.join(missing) or 'args, step'})"
         )
-    diff = {f for f, v in ck["args"].items() if f not in RESUMABLE and json.dumps(v) != json.dumps(args.get(f))}
+    diff = {f for f, v in ck["args"].items() if f not in RESUMABLE and not same_flag(f, v, args.get(f), args["task"])}
     if diff:
         raise UserError(f"cannot resume {path}: flags differ from the checkpointed run: {', '.join(sorted(diff))}")
     if ck["step"] > args["total_timesteps"]:
@@ -673,6 +673,17 @@ def read_checkpoint(path, args: dict) -> dict:
             f"give --total-timesteps >= {ck['step']}"
         )
     return ck
+
+
+def same_flag(name: str, old, new, task: str) -> bool:
+    """A flag of the checkpointed run and of its resumption agree: contexts by what they parse to ('0.30' and '0.3' are
+    one context), every other flag as JSON."""
+    if name == "contexts" and old != new:
+        try:
+            return [context_label(c) for c in parse_contexts(task, old)] == [context_label(c) for c in parse_contexts(task, new)]
+        except (UserError, TypeError):
+            return False
+    return json.dumps(old) == json.dumps(new)
 
 
 def from_flat_checkpoint(ck: dict) -> dict:

@@ -29,14 +29,14 @@ seq_ctx() { $PY -c "import sys; a, b, d = map(float, sys.argv[1:4]); print(*[f'{
 
 family() {  # name -> TASK STEPS CONTEXTS HELD
   case $1 in
-    cheetah-speed) TASK=cheetah-run STEPS=120000 CONTEXTS=$(seq_ctx 0.5 9.5 0.75 "" "") HELD="2 5 8" ;;
-    cheetah-length) TASK=cheetah-run STEPS=120000 CONTEXTS=$(seq_ctx 0.3 0.7 0.05 speed=10,length= "")
+    cheetah-speed) TASK=cheetah-run STEPS=160000 CONTEXTS=$(seq_ctx 0.5 9.5 0.75 "" "") HELD="2 5 8" ;;
+    cheetah-length) TASK=cheetah-run STEPS=160000 CONTEXTS=$(seq_ctx 0.3 0.7 0.05 speed=10,length= "")
       HELD="speed=10,length=0.4 speed=10,length=0.6" ;;
-    cheetah-both) TASK=cheetah-run STEPS=70000
+    cheetah-both) TASK=cheetah-run STEPS=100000
       CONTEXTS=$(for s in 1 2 3 4 5; do seq_ctx 0.3 0.7 0.1 speed=$s,length= ""; done | tr '\n' ' ')
       HELD="speed=2,length=0.4 speed=2,length=0.6 speed=3,length=0.5 speed=4,length=0.4 speed=4,length=0.6" ;;
-    walker-speed) TASK=walker-walk STEPS=150000 CONTEXTS=$(seq_ctx 0.5 5 0.5 "" "") HELD="1.5 3 4.5" ;;
-    walker-length) TASK=walker-walk STEPS=100000 CONTEXTS=$(seq_ctx 0.1 0.4 0.05 length= "") HELD="length=0.2 length=0.3" ;;
+    walker-speed) TASK=walker-walk STEPS=200000 CONTEXTS=$(seq_ctx 0.5 5 0.5 "" "") HELD="1.5 3 4.5" ;;
+    walker-length) TASK=walker-walk STEPS=150000 CONTEXTS=$(seq_ctx 0.1 0.4 0.05 length= "") HELD="length=0.2 length=0.3" ;;
     *) echo "unknown family '$1'; valid: cheetah-speed cheetah-length cheetah-both walker-speed walker-length" >&2; exit 2 ;;
   esac
 }

@@ -217,6 +217,12 @@ def test_cli_corrupt_and_incompatible_resume(tmp_path, tiny_args):
     common += ["--contexts", "0.5", "2.0", "--out-dir", str(run), "--resume", "--eval-interval", "0"]
     r = run_cli(*common, "--gamma", "0.9", "--checkpoint-interval", "200")
     assert r.returncode == 2 and "flags differ from the checkpointed run: gamma" in r.stderr and "Traceback" not in r.stderr
+    ck = td3.safe_load(run / "checkpoint.pt")
+    args = {**ck["args"], "total_timesteps": 800}
+    assert td3.read_checkpoint(run / "checkpoint.pt", {**args, "contexts": ["goal=0.50", "2"]})  # the same contexts
+    for other in (["0.5"], ["2.0", "0.5"], ["0.6", "2.0"]):  # fewer, reordered, another: refused
+        with pytest.raises(UserError, match="flags differ from the checkpointed run: contexts"):
+            td3.read_checkpoint(run / "checkpoint.pt", {**args, "contexts": other})
     td3.atomic_save(td3.safe_load(run / "checkpoint.pt") | {"format": "cleanhyper-td3-checkpoint-v9"}, run / "checkpoint.pt")
     r = run_cli(*common, "--checkpoint-interval", "200")
     assert (
