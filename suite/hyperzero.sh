@@ -8,6 +8,8 @@
 #                   bash suite/hyperzero.sh cheetah-speed cheetah-length walker-length &
 #                   bash suite/hyperzero.sh cheetah-both walker-speed; wait; python suite/table.py
 #   SEEDS="1 2 3"   approximator seeds;  FIT=3000  approximator gradient steps (MAML: a third of them)
+#   SPLIT=hard      HyPoGen's harder split instead (about 80 % held out: trained on the ends of each range, and the
+#                   middle of cheetah-speed / the centre of cheetah-both), into OUT/FAMILY/hard/; experts and rollouts shared
 #   bash suite/hyperzero.sh --list   prints each family as name|task|expert steps|contexts|held-out contexts
 # Re-running is safe: an expert run that stopped is resumed (--resume, bit-exact), finished experts are kept, every
 # later stage is redone (--overwrite). Families (docs/hyperzero_benchmark.md has the split and what differs from the
@@ -27,23 +29,30 @@ FIT=${FIT:-3000}
 stage() { $PY "$@" --torch-threads "$THREADS"; }
 seq_ctx() { $PY -c "import sys; a, b, d = map(float, sys.argv[1:4]); print(*[f'{sys.argv[4]}{a + i * d:g}{sys.argv[5]}' for i in range(round((b - a) / d) + 1)])" "$@"; }
 
-family() {  # name -> TASK STEPS CONTEXTS HELD
+family() {  # name -> TASK STEPS CONTEXTS HELD (the paper's split) TRAIN_HARD (the contexts the hard split trains on)
   case $1 in
-    cheetah-speed) TASK=cheetah-run STEPS=160000 CONTEXTS=$(seq_ctx 0.5 9.5 0.75 "" "") HELD="2 5 8" ;;
+    cheetah-speed) TASK=cheetah-run STEPS=160000 CONTEXTS=$(seq_ctx 0.5 9.5 0.75 "" "") HELD="2 5 8" TRAIN_HARD="0.5 5 9.5" ;;
     cheetah-length) TASK=cheetah-run STEPS=160000 CONTEXTS=$(seq_ctx 0.3 0.7 0.05 speed=10,length= "")
-      HELD="speed=10,length=0.4 speed=10,length=0.6" ;;
+      HELD="speed=10,length=0.4 speed=10,length=0.6" TRAIN_HARD="speed=10,length=0.3 speed=10,length=0.7" ;;
     cheetah-both) TASK=cheetah-run STEPS=100000
       CONTEXTS=$(for s in 1 2 3 4 5; do seq_ctx 0.3 0.7 0.1 speed=$s,length= ""; done | tr '\n' ' ')
-      HELD="speed=2,length=0.4 speed=2,length=0.6 speed=3,length=0.5 speed=4,length=0.4 speed=4,length=0.6" ;;
-    walker-speed) TASK=walker-walk STEPS=200000 CONTEXTS=$(seq_ctx 0.5 5 0.5 "" "") HELD="1.5 3 4.5" ;;
-    walker-length) TASK=walker-walk STEPS=150000 CONTEXTS=$(seq_ctx 0.1 0.4 0.05 length= "") HELD="length=0.2 length=0.3" ;;
+      HELD="speed=2,length=0.4 speed=2,length=0.6 speed=3,length=0.5 speed=4,length=0.4 speed=4,length=0.6"
+      TRAIN_HARD="speed=1,length=0.3 speed=1,length=0.7 speed=3,length=0.5 speed=5,length=0.3 speed=5,length=0.7" ;;
+    walker-speed) TASK=walker-walk STEPS=200000 CONTEXTS=$(seq_ctx 0.5 5 0.5 "" "") HELD="1.5 3 4.5" TRAIN_HARD="0.5 5" ;;
+    walker-length) TASK=walker-walk STEPS=150000 CONTEXTS=$(seq_ctx 0.1 0.4 0.05 length= "") HELD="length=0.2 length=0.3"
+      TRAIN_HARD="length=0.1 length=0.4" ;;
     *) echo "unknown family '$1'; valid: cheetah-speed cheetah-length cheetah-both walker-speed walker-length" >&2; exit 2 ;;
   esac
+  if [ "${SPLIT:-paper}" = hard ]; then  # every context but TRAIN_HARD held out
+    HELD=$(for c in $CONTEXTS; do [[ " $TRAIN_HARD " == *" $c "* ]] || echo -n "$c "; done)
+  fi
 }
 
 run_family() {
   family "$1"
   local d=$OUT/$1 t0; t0=$(date +%s)
+  local a=$d  # where the approximators and the evaluation go: OUT/FAMILY, or OUT/FAMILY/hard for the hard split
+  [ "${SPLIT:-paper}" = hard ] && a=$d/hard
   echo "== $1: $TASK, $(wc -w <<<"$CONTEXTS") contexts, held out: $HELD"
   # 1. experts: one batched td3.py run of every context (hidden 64), checkpointed; resumed where it stopped
   local steps_done
@@ -55,26 +64,27 @@ run_family() {
       --out-dir "$d/experts" $again
   fi
   # 2. 5 deterministic episodes of every expert: the regression data
-  stage collect.py --experts "$d/experts" --episodes 5 --no-snapshots --seed 1 --out-dir "$d/rollouts" --overwrite
+  [ "$a" != "$d" ] && [ -f "$d/rollouts/manifest.json" ] ||  # the hard split reuses the paper split's rollouts
+    stage collect.py --experts "$d/experts" --episodes 5 --no-snapshots --seed 1 --out-dir "$d/rollouts" --overwrite
   # 3. the approximators, all on the same split (fixed held-out contexts, so every seed is scored on the same ones);
   #    embedding and generated hidden layer 64 (the paper: 256), FIT steps of 512 rows (MAML: FIT/3 outer steps)
   local net="--embed-dim 64 --policy-hidden 64" pol=""
   for s in $SEEDS; do
     for m in hyperzero hyperzero-no-td hyperzero-no-q mlp mlp-q-td; do
       stage hyperzero.py --rollouts "$d/rollouts" --model $m --test-contexts $HELD --steps $FIT $net --seed $s \
-        --log-interval 1000 --out-dir "$d/${m}_s$s" --overwrite
-      pol="$pol $d/${m}_s$s"
+        --log-interval 1000 --out-dir "$a/${m}_s$s" --overwrite
+      pol="$pol $a/${m}_s$s"
     done
     for m in maml pearl; do
       stage meta.py --rollouts "$d/rollouts" --model $m --test-contexts $HELD --steps $([ $m = maml ] && echo $((FIT / 3)) || echo $FIT) \
-        $net --seed $s --log-interval 1000 --out-dir "$d/${m}_s$s" --overwrite
-      pol="$pol $d/${m}_s$s"
+        $net --seed $s --log-interval 1000 --out-dir "$a/${m}_s$s" --overwrite
+      pol="$pol $a/${m}_s$s"
     done
   done
   # 4. every method on every context (zero-shot: --adapt-transitions 0), 5 episodes; the table: held-out rows
   stage evaluate.py --experts "$d/experts" --policies $pol --episodes 5 --adapt-transitions 0 --seed 1 \
-    --out-dir "$d/eval" --overwrite
-  echo "== $1 done in $(( $(date +%s) - t0 )) s: $d/eval"
+    --out-dir "$a/eval" --overwrite
+  echo "== $1 done in $(( $(date +%s) - t0 )) s: $a/eval"
 }
 
 ALL="cheetah-speed cheetah-length cheetah-both walker-speed walker-length"

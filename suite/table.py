@@ -44,10 +44,13 @@ PUBLISHED = {
 class Args:
     out: str = "runs/suite"
     """the OUT directory of suite/hyperzero.sh (one sub-directory per family)"""
+    split: str = "paper"
+    """'paper' (OUT/FAMILY/eval) or 'hard' (SPLIT=hard: OUT/FAMILY/hard/eval)"""
 
 
 def load_family(d: Path) -> tuple[list[dict], list[dict]] | None:
-    """(summary, rows) of one family's evaluation, None where it has not been run; a damaged file is a UserError."""
+    """(summary, rows) of one family's evaluation in d/eval, None where it has not been run; a damaged file is a
+    UserError."""
     files = [d / "eval" / "summary.json", d / "eval" / "results.json"]
     if not all(f.is_file() for f in files):
         return None
@@ -107,14 +110,18 @@ def score_table(found: dict) -> list[str]:
 
 def main(args: Args) -> str:
     out = Path(args.out)
+    if args.split not in ("paper", "hard"):
+        raise UserError(f"unknown --split '{args.split}'; valid: paper, hard")
     if not out.is_dir():
         raise UserError(f"--out {out}: no such directory (suite/hyperzero.sh writes it)")
-    found = {f: got for f in FAMILIES if (got := load_family(out / f)) is not None}
+    sub = "hard" if args.split == "hard" else ""
+    found = {f: got for f in FAMILIES if (got := load_family(out / f / sub)) is not None}
     if not found:
-        raise UserError(f"--out {out}: no family evaluated yet (expected {'/'.join(FAMILIES)} with eval/summary.json)")
+        raise UserError(f"--out {out}: no family evaluated yet (expected {'/'.join(FAMILIES)}/{sub + '/' if sub else ''}eval)")
     text = "\n".join(["### Experts", "", *expert_table(found), "", "### Held-out normalised score", "", *score_table(found)])
-    (out / "table.md").write_text(text + "\n")
-    print(text + f"\n\nwrote {out / 'table.md'}")
+    name = "table.md" if args.split == "paper" else "table_hard.md"
+    (out / name).write_text(text + "\n")
+    print(text + f"\n\nwrote {out / name}")
     return text
 
 

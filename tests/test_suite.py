@@ -16,10 +16,9 @@ sys.path.insert(0, str(ROOT / "suite"))
 import table  # noqa: E402
 
 
-def families() -> dict:
-    out = subprocess.run(
-        ["bash", "suite/hyperzero.sh", "--list"], cwd=ROOT, capture_output=True, text=True, env={"PYTHON": sys.executable}
-    )
+def families(split="paper") -> dict:
+    env = {"PYTHON": sys.executable, "SPLIT": split}
+    out = subprocess.run(["bash", "suite/hyperzero.sh", "--list"], cwd=ROOT, capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     rows = [line.split("|") for line in out.stdout.strip().splitlines()]
     return {name: (task, int(steps), ctx.split(), held.split()) for name, task, steps, ctx, held in rows}
@@ -42,6 +41,22 @@ def test_families_are_the_papers_and_hold_out_inside_the_range():
         "walker-speed": ["speed"], "walker-length": ["length"],
     }  # fmt: skip
     assert fams["cheetah-speed"][2][0] == "0.5" and fams["cheetah-length"][2][-1] == "speed=10,length=0.7"
+
+
+def test_hard_split_holds_out_most_contexts_inside_the_trained_ones():
+    paper = families()
+    for name, (task, _, ctx, held) in families("hard").items():
+        assert ctx == paper[name][2]  # the same experts
+        contexts, test = tasks.parse_contexts(task, ctx), tasks.parse_contexts(task, held)
+        labels = {tasks.context_label(c) for c in test}
+        train = [c for c in contexts if tasks.context_label(c) not in labels]
+        assert (
+            0.7 <= len(test) / len(contexts) <= 0.8
+            and len(labels) == len(test)
+            and labels < {tasks.context_label(c) for c in contexts}
+        )
+        for var in evaluate.varying([{"context": c} for c in contexts]):  # inside the box of the trained contexts
+            assert all(min(c[var] for c in train) <= t[var] <= max(c[var] for c in train) for t in test), (name, var)
 
 
 def test_unknown_family_refused_before_any_work(tmp_path):
@@ -84,6 +99,9 @@ def test_table_reads_every_evaluated_family(tmp_path):
     # the published metric: held-out return / expert return = (100 + 0.8 * 200) / 300 on cheetah-speed
     assert "| hyperzero: return / expert return | 0.87 | 0.60 |" in text
     assert "| HyperZero, published (HyPoGen's re-run, DMC) | 0.80 | 0.72 |" in text
+    fake_eval(tmp_path / "cheetah-speed" / "hard", {"hyperzero": {"s1": 0.0, "s2": 0.2}})
+    hard = table.main(table.Args(out=str(tmp_path), split="hard"))
+    assert "| hyperzero | 0.30 [0.20, 0.40] |" in hard and (tmp_path / "table_hard.md").is_file()
 
 
 def test_table_errors(tmp_path):
@@ -91,6 +109,8 @@ def test_table_errors(tmp_path):
         table.main(table.Args(out=str(tmp_path / "none")))
     with pytest.raises(tasks.UserError, match="no family evaluated yet"):
         table.main(table.Args(out=str(tmp_path)))
+    with pytest.raises(tasks.UserError, match="unknown --split 'easy'; valid: paper, hard"):
+        table.main(table.Args(out=str(tmp_path), split="easy"))
     (tmp_path / "cheetah-both" / "eval").mkdir(parents=True)
     for f in ("summary.json", "results.json"):
         (tmp_path / "cheetah-both" / "eval" / f).write_text("{truncated")
