@@ -78,6 +78,11 @@ class Args:
     """std of the Gaussian exploration noise after learning_starts"""
     policy_frequency: int = 2
     """actor and target updates every this many critic updates (the policy delay)"""
+    updates_per_step: int = 1
+    """gradient updates per environment step once learning starts (the update-to-data ratio; 1: TD3)"""
+    action_penalty: float = 0.0
+    """weight of mean(u^2) of the actor's pre-tanh outputs u, added to its loss: keeps tanh out of saturation, where its
+    gradient vanishes (0: TD3)"""
     shared_init: bool = False
     """start every context from the same initial actor and critics (as K separate runs with one seed would), which
     keeps the experts nearer each other in parameter space for the generators of hyplatent.py"""
@@ -186,8 +191,10 @@ class TD3:
     states. Each network is a list of layers (W, b); the actor's W is [K, in, out], the critic's carries the twin first,
     W [2, K, in, out] (W[0] is Q1's, W[1] Q2's), so that both twins run as one batched matmul (twin_q)."""
 
-    def __init__(self, k, obs_dim, act_dim, hidden, lr, device, shared: bool = False, compile=False, cudagraphs=False):
-        self.k = k
+    def __init__(
+        self, k, obs_dim, act_dim, hidden, lr, device, shared=False, compile=False, cudagraphs=False, action_penalty=0.0
+    ):
+        self.k, self.action_penalty = k, action_penalty
         n = 1 if shared else k  # shared: one draw, repeated over the contexts (Q1 and Q2 still differ)
         actor = init_layers(n, layer_sizes(obs_dim, hidden, act_dim), device)
         critic = init_layers(2 * n, layer_sizes(obs_dim + act_dim, hidden, 1), device)  # Q1 of every context, then Q2
@@ -225,8 +232,11 @@ class TD3:
         return ((q - y) ** 2).mean(-1).sum()
 
     def actor_loss(self, obs) -> torch.Tensor:
-        """-Q1(s, pi(s)), mean over each context's batch, summed over the contexts: the actor ascends Q1."""
-        return -self.twin_q(self.critic, obs, mlp(self.actor, obs))[0].mean(1).sum()
+        """-Q1(s, pi(s)), mean over each context's batch, summed over the contexts: the actor ascends Q1. With
+        action_penalty, + that weight x mean(u^2) of the pre-tanh actions u = pi's last layer before tanh."""
+        u = mlp(self.actor, obs, None)  # [K, B, A] pre-tanh
+        loss = -self.twin_q(self.critic, obs, torch.tanh(u))[0].mean(1).sum()
+        return loss + self.action_penalty * (u**2).mean((1, 2)).sum() if self.action_penalty else loss
 
     def train_step(self, batch, noise, update_actor: bool, gamma: float, tau: float, noise_clip: float) -> dict:
         """The critic step and, with update_actor, the actor step and the Polyak update of both targets. Returns the
@@ -750,7 +760,8 @@ def expert_file(args: Args, ctx: dict, label: str, kept: dict, final_step: int, 
 
 OUTPUTS = ("expert_*.pt", "checkpoint.pt", "metrics.csv", "snapshots_*.npy", "snapshot_steps.npy", "args.json", "tb")
 POSITIVE = ("total_timesteps", "batch_size", "learning_rate", "buffer_size", "policy_frequency", "eval_episodes", "log_interval")
-NONNEGATIVE = ("seed", "learning_starts", "policy_noise", "noise_clip", "exploration_noise", "eval_interval")
+POSITIVE += ("updates_per_step",)
+NONNEGATIVE = ("seed", "learning_starts", "policy_noise", "noise_clip", "exploration_noise", "eval_interval", "action_penalty")
 NONNEGATIVE += ("snapshot_interval", "snapshot_start", "checkpoint_interval", "torch_threads")
 
 
@@ -822,7 +833,8 @@ def main(args: Args) -> dict:
         return np.stack([env.reset(seed=args.seed + 1000 * i + 7919 * n)[0] for i, env in zip(ids, envs)])
 
     obs_dim, act_dim = envs[0].observation_space.shape[0], envs[0].action_space.shape[0]
-    agent = TD3(k, obs_dim, act_dim, args.hidden, args.learning_rate, device, args.shared_init, args.compile, args.cudagraphs)
+    opts = dict(shared=args.shared_init, compile=args.compile, cudagraphs=args.cudagraphs, action_penalty=args.action_penalty)
+    agent = TD3(k, obs_dim, act_dim, args.hidden, args.learning_rate, device, **opts)
     run = RunState(agent, Replay(k, min(args.buffer_size, args.total_timesteps), obs_dim, act_dim, device))
     if ck is not None:
         run.restore(ck, out / "checkpoint.pt")
@@ -849,8 +861,11 @@ def main(args: Args) -> dict:
         obs = next_obs
         run.step += 1
 
-        if run.step > args.learning_starts:
-            new = agent.update(run.replay.sample(args.batch_size), run.step % args.policy_frequency == 0, **hyper)
+        for j in range(args.updates_per_step if run.step > args.learning_starts else 0):
+            # the policy delay counts updates: update u = step * updates_per_step + j
+            new = agent.update(
+                run.replay.sample(args.batch_size), (run.step * args.updates_per_step + j) % args.policy_frequency == 0, **hyper
+            )
             losses.update(new)  # actor_loss keeps its last value between delayed actor updates
             if not all(math.isfinite(v) for v in new.values()):
                 raise UserError(diverged(run, new))

@@ -375,6 +375,8 @@ BAD_FLAGS = {  # name -> (overrides of tiny_args, the one line that refuses them
     "buffer size 0": ({"buffer_size": 0}, "--buffer-size must be a finite number > 0"),
     "log interval 0": ({"log_interval": 0}, "--log-interval must be a finite number > 0"),
     "policy frequency 0": ({"policy_frequency": 0}, "--policy-frequency must be a finite number > 0"),
+    "updates per step 0": ({"updates_per_step": 0}, "--updates-per-step must be a finite number > 0, got 0"),
+    "action penalty -1": ({"action_penalty": -1.0}, "--action-penalty must be a finite number >= 0, got -1.0"),
     "learning rate nan": ({"learning_rate": float("nan")}, "--learning-rate must be a finite number > 0, got nan"),
     "learning rate -1": ({"learning_rate": -1.0}, "--learning-rate must be a finite number > 0"),
     "hidden 0": ({"hidden": (16, 0)}, r"--hidden must be a finite number > 0, got \(16, 0\)"),
@@ -552,3 +554,48 @@ def test_compiled_update_equals_eager():
     for name, net in eager.networks().items():
         for x, y in zip(td3.tensors(net), td3.tensors(compiled.networks()[name])):
             torch.testing.assert_close(y.detach(), x.detach(), rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Remedies for saturating actors (issue: MetaWorld experts): a pre-tanh action penalty, more updates per step
+# ---------------------------------------------------------------------------------------------------------------------
+def test_action_penalty_is_the_mean_square_of_the_pre_tanh_actions():
+    K, B, S, A = 2, 7, 3, 2
+    torch.manual_seed(0)
+    agent = td3.TD3(K, S, A, (4,), 1e-3, "cpu", action_penalty=0.5)
+    obs = torch.randn(K, B, S)
+    u = td3.mlp(agent.actor, obs, None)
+    q1 = agent.twin_q(agent.critic, obs, torch.tanh(u))[0]
+    torch.testing.assert_close(agent.actor_loss(obs), -q1.mean(1).sum() + 0.5 * (u**2).mean((1, 2)).sum())
+    agent.action_penalty = 0.0  # off: TD3's loss, bit for bit
+    assert torch.equal(agent.actor_loss(obs), -agent.twin_q(agent.critic, obs, td3.mlp(agent.actor, obs))[0].mean(1).sum())
+
+
+@pytest.mark.parametrize("penalty", [0.0, 1.0])
+def test_action_penalty_pulls_a_saturated_actor_back(penalty):
+    """A critic that is flat in the action (Q = 0) gives the actor no gradient: a saturated actor stays saturated
+    unless the penalty pulls its pre-tanh outputs towards 0."""
+    K, B, S, A = 2, 64, 3, 2
+    torch.manual_seed(0)
+    agent = td3.TD3(K, S, A, (8,), 1e-2, "cpu", action_penalty=penalty)
+    with torch.no_grad():
+        agent.actor[-1][1].fill_(4.0)  # every pre-tanh output near 4: tanh(4) = 0.9993, saturated
+        for W, b in agent.critic[-1:]:
+            W.zero_(), b.zero_()
+    obs = torch.randn(K, B, S)
+    before = (td3.mlp(agent.actor, obs).abs() > 0.99).float().mean().item()
+    for _ in range(200):
+        agent.actor_opt.zero_grad()
+        agent.actor_loss(obs).backward()
+        agent.actor_opt.step()
+    after = (td3.mlp(agent.actor, obs).abs() > 0.99).float().mean().item()
+    assert before == 1.0 and (after == 1.0 if penalty == 0 else after < 0.05)
+
+
+def test_updates_per_step_and_the_policy_delay(tiny_args, tmp_path):
+    """200 environment steps with 3 updates each after 200 random steps: 600 critic updates; the policy delay (2)
+    counts updates, so 300 actor updates. The Adam step counts in the final checkpoint say how many were taken."""
+    td3.main(tiny_args(tmp_path / "run", total_timesteps=400, updates_per_step=3, eval_episodes=1))
+    agent = td3.safe_load(tmp_path / "run" / "checkpoint.pt")["agent"]
+    steps = lambda opt: {float(s["step"]) for s in opt["state"].values()}  # noqa: E731
+    assert steps(agent["critic_opt"]) == {600.0} and steps(agent["actor_opt"]) == {300.0}
