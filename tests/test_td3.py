@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import tasks
 import td3
 from tasks import UserError, parse_contexts
 
@@ -599,3 +600,16 @@ def test_updates_per_step_and_the_policy_delay(tiny_args, tmp_path):
     agent = td3.safe_load(tmp_path / "run" / "checkpoint.pt")["agent"]
     steps = lambda opt: {float(s["step"]) for s in opt["state"].values()}  # noqa: E731
     assert steps(agent["critic_opt"]) == {600.0} and steps(agent["actor_opt"]) == {300.0}
+
+
+def test_saturation_benchmark_counts_components_beyond_the_threshold(tiny_experts, capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import saturation
+
+    assert saturation.saturation(np.array([[0.995, -1.0], [0.5, -0.2]]), 0.99) == 0.5
+    rows = saturation.main(saturation.Args(experts=(str(tiny_experts),)))
+    assert [r["label"] for r in rows] == ["goal_0.5", "goal_2"] and all(0 <= r["saturated"] <= 1 for r in rows)
+    assert rows[0]["success"] is None and "goal_0.5" in capsys.readouterr().out  # cheetah-vel has no success
+    e = td3.load_experts(tiny_experts)[0]  # the share is the expert's own episode's
+    ep = td3.rollout(tasks.make_env("cheetah-vel", e["context"], 1), td3.expert_layers(e), 1)
+    assert rows[0]["saturated"] == saturation.saturation(ep["actions"], 0.99)
