@@ -38,7 +38,7 @@ family() {  # name -> TASK STEPS CONTEXTS HELD (the paper's split) TRAIN_HARD (t
       CONTEXTS=$(for s in 1 2 3 4 5; do seq_ctx 0.3 0.7 0.1 speed=$s,length= ""; done | tr '\n' ' ')
       HELD="speed=2,length=0.4 speed=2,length=0.6 speed=3,length=0.5 speed=4,length=0.4 speed=4,length=0.6"
       TRAIN_HARD="speed=1,length=0.3 speed=1,length=0.7 speed=3,length=0.5 speed=5,length=0.3 speed=5,length=0.7" ;;
-    walker-speed) TASK=walker-walk STEPS=200000 CONTEXTS=$(seq_ctx 0.5 5 0.5 "" "") HELD="1.5 3 4.5" TRAIN_HARD="0.5 5" ;;
+    walker-speed) TASK=walker-walk STEPS=100000 CONTEXTS=$(seq_ctx 0.5 5 0.5 "" "") HELD="1.5 3 4.5" TRAIN_HARD="0.5 5" ;;
     walker-length) TASK=walker-walk STEPS=150000 CONTEXTS=$(seq_ctx 0.1 0.4 0.05 length= "") HELD="length=0.2 length=0.3"
       TRAIN_HARD="length=0.1 length=0.4" ;;
     *) echo "unknown family '$1'; valid: cheetah-speed cheetah-length cheetah-both walker-speed walker-length" >&2; exit 2 ;;
