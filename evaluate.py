@@ -312,8 +312,12 @@ def heatmap(rows: list[dict], var: list[str], out: Path) -> bool:
         return False
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(methods), figsize=(2.6 * len(methods) + 1, 2.9), squeeze=False)
-    for ax, m in zip(axes[0], methods):
+    cols = min(4, len(methods))
+    rows_ = -(-len(methods) // cols)
+    fig, axes = plt.subplots(rows_, cols, figsize=(2.7 * cols + 1, 2.6 * rows_), squeeze=False, constrained_layout=True)
+    for ax in axes.flat[len(methods) :]:
+        ax.set_visible(False)
+    for ax, m in zip(axes.flat, methods):
         gx, gy, grid, held = score_grid([r for r in scored if r["method"] == m], var)
         im = ax.imshow(grid, origin="lower", vmin=0, vmax=1, cmap="viridis", aspect="auto")
         for i, j in held:  # the held-out contexts: a red box
@@ -321,9 +325,9 @@ def heatmap(rows: list[dict], var: list[str], out: Path) -> bool:
         ax.set_xticks(range(len(gx)), [f"{x:g}" for x in gx])
         ax.set_yticks(range(len(gy)), [f"{y:g}" for y in gy])
         ax.set_xlabel(var[0])
+        ax.set_ylabel(var[1])
         ax.set_title(m, fontsize=9)
-    axes[0][0].set_ylabel(var[1])
-    fig.colorbar(im, ax=axes[0].tolist(), label="normalised score (red: held out)", shrink=0.9)
+    fig.colorbar(im, ax=axes.flat[: len(methods)], label="normalised score (red boxes: held out)", shrink=0.8)
     td3.save_figure(fig, out / "heatmap.png", dpi=120)
     return True
 
