@@ -296,9 +296,9 @@ def score_grid(rows: list[dict], var: list[str]):
     grid, held = np.full((len(gy), len(gx)), np.nan), set()
     for j, y in enumerate(gy):
         for i, x in enumerate(gx):
-            cell = [r["normalized"] for r in rows if r["context"][var[0]] == x and r["context"][var[1]] == y]
-            grid[j, i] = np.mean(cell) if cell else np.nan
-            if any(r["heldout"] for r in rows if r["context"][var[0]] == x and r["context"][var[1]] == y):
+            cell = [r for r in rows if r["context"][var[0]] == x and r["context"][var[1]] == y]
+            grid[j, i] = np.mean([r["normalized"] for r in cell]) if cell else np.nan
+            if any(r["heldout"] for r in cell):
                 held.add((i, j))
     return gx, gy, grid, held
 

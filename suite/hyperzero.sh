@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The HyperZero benchmark at CPU scale (Rezaei-Shoshtari et al. 2023, §5): five context families, their TD3 experts,
+# The HyperZero benchmark at CPU scale (Rezaei-Shoshtari et al., AAAI 2023): five context families, their TD3 experts,
 # rollouts, 7 approximators x 3 seeds on a fixed split, and evaluate.py's table with 95 % bootstrap intervals.
 #
 #   bash suite/hyperzero.sh [FAMILY ...]      default: all five, one after another
