@@ -400,16 +400,14 @@ def test_checkpoints_that_are_not_ours(synth, tmp_path):
         (["--out-dir", "FILE"], "is a file"),
     ],
 )
-def test_cli_bad_input_one_line_exit_2(synth, tmp_path, argv, message):
+def test_cli_bad_input_one_line_exit_2(synth, tmp_path, argv, message, refused):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "manifest.json").write_text('{"format": "cleanhyper-rollouts-v1", "ta')
     (tmp_path / "file").write_text("x")
     argv = [{"TRUNCATED": str(bad), "FILE": str(tmp_path / "file")}.get(a, a) for a in argv]
     base = ["--rollouts", str(synth), "--out-dir", str(tmp_path / "out"), "--steps", "2"]
-    p = subprocess.run([sys.executable, "hyperzero.py", *base, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert p.returncode == 2 and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
-    assert message in p.stderr
+    assert message in refused("hyperzero.py", *base, *argv)
     assert not (tmp_path / "out").exists()
 
 
