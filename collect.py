@@ -242,7 +242,8 @@ def main(args: Args) -> dict:
         act = np.concatenate([ep["actions"] for ep in eps])
         with torch.no_grad():  # one batched critic pass over all of this expert's rows: [1, N_i, S+A] -> [N_i]
             sa = torch.as_tensor(np.concatenate([obs, act], 1), device=device)[None]
-            q = td3.mlp(td3.expert_layers(e, "critic1", device), sa, None)[0, :, 0].cpu().numpy()
+            critic = td3.expert_layers(e, "critic1", device)
+            q = td3.mlp(critic, sa, None, e.get("critic_layer_norm", False))[0, :, 0].cpu().numpy()
         n = len(obs)
         data["obs"].append(obs)
         data["action"].append(act)

@@ -83,6 +83,10 @@ class Args:
     action_penalty: float = 0.0
     """weight of mean(u^2) of the actor's pre-tanh outputs u, added to its loss: keeps tanh out of saturation, where its
     gradient vanishes (0: TD3)"""
+    layer_norm: bool = False
+    """LayerNorm (no gain or bias) on every hidden layer of the critics, before the ReLU: bounds the features Q is
+    read from, which keeps its values and its action-gradient from running away early in training (Ball et al. 2023,
+    RLPD; Nauman et al. 2024). Off: TD3"""
     shared_init: bool = False
     """start every context from the same initial actor and critics (as K separate runs with one seed would), which
     keeps the experts nearer each other in parameter space for the generators of hyplatent.py"""
@@ -143,12 +147,13 @@ def init_layers(k: int, sizes: list[int], device="cpu") -> list[tuple[torch.Tens
     return layers
 
 
-def mlp(layers, x: torch.Tensor, out_act=torch.tanh) -> torch.Tensor:
-    """x [K, N, in] -> [K, N, out]: relu on hidden layers, out_act (tanh for actors) at the end."""
+def mlp(layers, x: torch.Tensor, out_act=torch.tanh, norm: bool = False) -> torch.Tensor:
+    """x [K, N, in] -> [K, N, out]: relu on hidden layers (with norm: each hidden layer's outputs normalised to mean 0
+    and variance 1 over its units first, LayerNorm without gain or bias), out_act (tanh for actors) at the end."""
     for i, (W, b) in enumerate(layers):
         x = torch.baddbmm(b, x, W)
         if i < len(layers) - 1:
-            x = torch.relu(x)
+            x = torch.relu(torch.nn.functional.layer_norm(x, x.shape[-1:]) if norm else x)
     return out_act(x) if out_act is not None else x
 
 
@@ -191,10 +196,10 @@ class TD3:
     states. Each network is a list of layers (W, b); the actor's W is [K, in, out], the critic's carries the twin first,
     W [2, K, in, out] (W[0] is Q1's, W[1] Q2's), so that both twins run as one batched matmul (twin_q)."""
 
-    def __init__(
-        self, k, obs_dim, act_dim, hidden, lr, device, shared=False, compile=False, cudagraphs=False, action_penalty=0.0
-    ):
-        self.k, self.action_penalty = k, action_penalty
+    def __init__(self, k, obs_dim, act_dim, hidden, lr, device, shared=False, compile=False, cudagraphs=False, **loss_opts):
+        self.k = k  # loss_opts: action_penalty (0: off) and layer_norm (of the critics; False: off), as Args has them
+        self.action_penalty, self.layer_norm = loss_opts.pop("action_penalty", 0.0), loss_opts.pop("layer_norm", False)
+        assert not loss_opts, f"unknown TD3 options {sorted(loss_opts)}"
         n = 1 if shared else k  # shared: one draw, repeated over the contexts (Q1 and Q2 still differ)
         actor = init_layers(n, layer_sizes(obs_dim, hidden, act_dim), device)
         critic = init_layers(2 * n, layer_sizes(obs_dim + act_dim, hidden, 1), device)  # Q1 of every context, then Q2
@@ -217,7 +222,7 @@ class TD3:
         """Q1(s, a) and Q2(s, a) as q [2, K, B] (q[0] is Q1), for obs [K, B, S] and act [K, B, A]: both twins in one
         batched matmul per layer, their weights viewed as 2K sets (no copy)."""
         x = torch.cat([obs, act], -1).repeat(2, 1, 1)  # [2K, B, S + A]
-        q = mlp([(W.flatten(0, 1), b.flatten(0, 1)) for W, b in critic], x, None)  # [2K, B, 1]
+        q = mlp([(W.flatten(0, 1), b.flatten(0, 1)) for W, b in critic], x, None, self.layer_norm)  # [2K, B, 1]
         return q.view(2, self.k, -1)
 
     def critic_loss(self, obs, act, rew, next_obs, done, noise, gamma: float, noise_clip: float) -> torch.Tensor:
@@ -674,7 +679,8 @@ def read_checkpoint(path, args: dict) -> dict:
         raise UserError(
             f"cannot resume {path}: an incomplete checkpoint (missing or malformed: {', '.join(missing) or 'args, step'})"
         )
-    diff = {f for f, v in ck["args"].items() if f not in RESUMABLE and not same_flag(f, v, args.get(f), args["task"])}
+    old = asdict(Args()) | ck["args"]  # a flag newer than the checkpoint had its default then
+    diff = {f for f, v in old.items() if f not in RESUMABLE and not same_flag(f, v, args.get(f), args["task"])}
     if diff:
         raise UserError(f"cannot resume {path}: flags differ from the checkpointed run: {', '.join(sorted(diff))}")
     if ck["step"] > args["total_timesteps"]:
@@ -746,6 +752,7 @@ def expert_file(args: Args, ctx: dict, label: str, kept: dict, final_step: int, 
         "actor": kept["actor"],  # W0 [S,H], b0 [1,H], W1, b1, W2 [H,A], b2 [1,A]
         "critic1": kept["critic1"],  # Q1 of this context (input cat[s, a])
         "critic2": kept["critic2"],
+        "critic_layer_norm": args.layer_norm,  # the critics' hidden layers are normalised (td3.mlp(..., norm=True))
         "step": kept["step"],
         "final_step": final_step,
         "eval_return": kept["eval"]["return_mean"],
@@ -834,6 +841,7 @@ def main(args: Args) -> dict:
 
     obs_dim, act_dim = envs[0].observation_space.shape[0], envs[0].action_space.shape[0]
     opts = dict(shared=args.shared_init, compile=args.compile, cudagraphs=args.cudagraphs, action_penalty=args.action_penalty)
+    opts["layer_norm"] = args.layer_norm
     agent = TD3(k, obs_dim, act_dim, args.hidden, args.learning_rate, device, **opts)
     run = RunState(agent, Replay(k, min(args.buffer_size, args.total_timesteps), obs_dim, act_dim, device))
     if ck is not None:

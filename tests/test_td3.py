@@ -3,6 +3,7 @@
 import csv
 import subprocess
 import sys
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -612,3 +613,69 @@ def test_saturation_benchmark_counts_components_beyond_the_threshold(tiny_expert
     e = td3.load_experts(tiny_experts)[0]  # the share is the expert's own episode's
     ep = td3.rollout(tasks.make_env("cheetah-vel", e["context"], 1), td3.expert_layers(e), 1)
     assert rows[0]["saturated"] == saturation.saturation(ep["actions"], 0.99)
+
+
+def test_layer_norm_critics_are_nn_layernorm_per_context_and_off_is_td3():
+    """--layer-norm: each hidden layer of Q1 and Q2 is normalised over its units (nn.LayerNorm without gain or bias)
+    before the ReLU, per context and twin; off, the critic is TD3's bit for bit."""
+    K, B, S, A, H = 3, 5, 4, 2, (8, 6)
+    torch.manual_seed(0)
+    agent = td3.TD3(K, S, A, H, 1e-3, "cpu", layer_norm=True)
+    obs, act = torch.randn(K, B, S), torch.rand(K, B, A) * 2 - 1
+    q = agent.twin_q(agent.critic, obs, act)  # [2, K, B]
+    ln = torch.nn.LayerNorm(H[0], elementwise_affine=False)
+    for t in range(2):
+        for i in range(K):
+            (W0, b0), (W1, b1), (W2, b2) = [(W[t, i], b[t, i]) for W, b in agent.critic]
+            x = torch.cat([obs[i], act[i]], -1)
+            h = torch.relu(torch.nn.LayerNorm(H[1], elementwise_affine=False)(torch.relu(ln(x @ W0 + b0)) @ W1 + b1))
+            torch.testing.assert_close(q[t, i], (h @ W2 + b2)[:, 0])
+    agent.layer_norm = False
+    plain = td3.mlp(
+        [(W.flatten(0, 1), b.flatten(0, 1)) for W, b in agent.critic], torch.cat([obs, act], -1).repeat(2, 1, 1), None
+    )
+    assert torch.equal(agent.twin_q(agent.critic, obs, act), plain.view(2, K, B))
+
+
+def test_layer_norm_bounds_q_under_any_input_scale():
+    """Known answer: with the first layer's bias at 0, a normalised critic gives the same Q for (s, a) and c (s, a),
+    c > 0 (LayerNorm undoes the scale); without the norm Q grows with c. This is what keeps Q's action-gradient
+    bounded when the actor pushes its outputs out."""
+    torch.manual_seed(0)
+    for norm in (True, False):
+        agent = td3.TD3(2, 3, 2, (16, 16), 1e-3, "cpu", layer_norm=norm)
+        with torch.no_grad():
+            agent.critic[0][1].zero_()
+        obs, act = torch.randn(2, 7, 3), torch.randn(2, 7, 2)
+        q1, q100 = agent.twin_q(agent.critic, obs, act), agent.twin_q(agent.critic, 100 * obs, 100 * act)
+        assert torch.allclose(q1, q100, atol=1e-4) == norm
+
+
+def test_layer_norm_runs_write_it_into_the_experts_and_collect_reads_it(tiny_args, tmp_path):
+    """An expert trained with --layer-norm says so; collect.py's q column is its normalised critic's Q1(s, a*), which a
+    plain critic with the same weights would not give."""
+    import collect
+
+    td3.main(tiny_args(tmp_path / "run", total_timesteps=400, layer_norm=True, eval_episodes=1))
+    e = td3.load_experts(tmp_path / "run")[0]
+    assert e["critic_layer_norm"] is True
+    collect.main(collect.Args(experts=str(tmp_path / "run"), out_dir=str(tmp_path / "ro"), episodes=1, seed=3))
+    d = {n: np.load(tmp_path / "ro" / f"{n}.npy", allow_pickle=False) for n in ("obs", "action", "q", "context_id")}
+    rows = d["context_id"] == 0
+    sa = torch.as_tensor(np.concatenate([d["obs"][rows], d["action"][rows]], 1))[None]
+    critic = td3.expert_layers(e, "critic1")
+    np.testing.assert_allclose(d["q"][rows], td3.mlp(critic, sa, None, True)[0, :, 0].numpy(), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(d["q"][rows], td3.mlp(critic, sa, None)[0, :, 0].numpy(), rtol=1e-3)
+
+
+def test_resume_of_a_checkpoint_older_than_a_flag_compares_it_with_the_default(tiny_args, tmp_path):
+    """A checkpoint written before --layer-norm existed lacks the flag: resuming it plain is the same run, resuming
+    it with --layer-norm is another and is refused."""
+    td3.main(tiny_args(tmp_path / "run", total_timesteps=400))
+    ck = td3.safe_load(tmp_path / "run" / "checkpoint.pt")
+    del ck["args"]["layer_norm"]
+    torch.save(ck, tmp_path / "run" / "checkpoint.pt")
+    args = tiny_args(tmp_path / "run", total_timesteps=600, resume=True)
+    assert td3.read_checkpoint(tmp_path / "run" / "checkpoint.pt", asdict(args))["step"] == 400
+    with pytest.raises(UserError, match="flags differ.*layer_norm"):
+        td3.read_checkpoint(tmp_path / "run" / "checkpoint.pt", asdict(replace(args, layer_norm=True)))
