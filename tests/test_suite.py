@@ -116,3 +116,20 @@ def test_table_errors(tmp_path):
         (tmp_path / "cheetah-both" / "eval" / f).write_text("{truncated")
     with pytest.raises(tasks.UserError, match="cannot read .*cheetah-both/eval"):
         table.main(table.Args(out=str(tmp_path)))
+
+
+def test_genhyprl_split_is_the_papers_8_seen_and_8_unseen_metaworld_tasks():
+    out = subprocess.run(["bash", "suite/genhyprl.sh", "--list"], cwd=ROOT, capture_output=True, text=True)
+    split = dict(line.split("|") for line in out.stdout.strip().splitlines())
+    seen, unseen = split["seen"].split(), split["unseen"].split()
+    assert len(set(seen)) == len(set(unseen)) == 8 and not set(seen) & set(unseen)
+    assert {"window-open-v3", "faucet-close-v3"} <= set(seen) and {"drawer-close-v3", "faucet-open-v3"} <= set(unseen)
+    assert set(seen + unseen) <= set(tasks.metaworld_names())
+    submit = (ROOT / "slurm" / "submit.sh").read_text()  # the cluster run holds out the same tasks
+    assert f'SEEN="{split["seen"]}"' in submit and f'UNSEEN="{split["unseen"]}"' in submit
+
+
+def test_genhyprl_refuses_an_unknown_stage_before_any_work(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "out")}
+    out = subprocess.run(["bash", "suite/genhyprl.sh", "experts", "all"], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert out.returncode == 2 and "experts seen|unseen" in out.stderr and not (tmp_path / "out").exists()
