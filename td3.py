@@ -83,6 +83,13 @@ class Args:
     action_penalty: float = 0.0
     """weight of mean(u^2) of the actor's pre-tanh outputs u, added to its loss: keeps tanh out of saturation, where its
     gradient vanishes (0: TD3)"""
+    sac: bool = False
+    """SAC's entropy-regularised actor instead of TD3's deterministic one (Haarnoja et al. 2018; the Gen-HypRL experts are
+    SAC): a tanh-Gaussian policy (the actor's last layer gives mean and log-std), exploration by sampling it, the
+    entropy bonus in the critic target and actor loss, and a temperature per context tuned to entropy -act_dim.
+    exploration_noise, policy_noise, noise_clip and action_penalty are unused; the actor is updated every
+    policy_frequency updates (1: every update, as the SAC paper). Evaluation, snapshots and the expert files take the
+    mean action tanh(mean)"""
     layer_norm: bool = False
     """LayerNorm (no gain or bias) on every hidden layer of the critics, before the ReLU: bounds the features Q is
     read from, which keeps its values and its action-gradient from running away early in training (Ball et al. 2023,
@@ -197,11 +204,12 @@ class TD3:
     W [2, K, in, out] (W[0] is Q1's, W[1] Q2's), so that both twins run as one batched matmul (twin_q)."""
 
     def __init__(self, k, obs_dim, act_dim, hidden, lr, device, shared=False, compile=False, cudagraphs=False, **loss_opts):
-        self.k = k  # loss_opts: action_penalty (0: off) and layer_norm (of the critics; False: off), as Args has them
+        self.k, self.act_dim = k, act_dim  # loss_opts: action_penalty (0: off), layer_norm and sac (False: off), as Args
         self.action_penalty, self.layer_norm = loss_opts.pop("action_penalty", 0.0), loss_opts.pop("layer_norm", False)
+        self.sac = loss_opts.pop("sac", False)
         assert not loss_opts, f"unknown TD3 options {sorted(loss_opts)}"
         n = 1 if shared else k  # shared: one draw, repeated over the contexts (Q1 and Q2 still differ)
-        actor = init_layers(n, layer_sizes(obs_dim, hidden, act_dim), device)
+        actor = init_layers(n, layer_sizes(obs_dim, hidden, act_dim * (2 if self.sac else 1)), device)  # SAC: mean, log-std
         critic = init_layers(2 * n, layer_sizes(obs_dim + act_dim, hidden, 1), device)  # Q1 of every context, then Q2
         critic = [(W.unflatten(0, (2, n)), b.unflatten(0, (2, n))) for W, b in critic]  # [2n, ...] -> [twin, n, ...]
         if shared:
@@ -217,6 +225,24 @@ class TD3:
         self.critic_loss_fn = torch.compile(self.critic_loss) if compile else self.critic_loss
         self.actor_loss_fn = torch.compile(self.actor_loss) if compile else self.actor_loss
         self.step = CudaGraphed(self.train_step) if cudagraphs else self.train_step
+        # SAC's temperature alpha = exp(log_alpha), one per context, tuned towards entropy -act_dim (SAC v2)
+        self.log_alpha = torch.zeros(k, 1, device=device, requires_grad=True)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=lr, capturable=cudagraphs)
+
+    def policy(self, layers):
+        """The deterministic policy's layers: the mean head of a SAC actor (its last layer's first act_dim outputs; the
+        log-std head is dropped), TD3's actor as it is. pi(s) = tanh(mlp(policy(actor), s))."""
+        *hidden, (W, b) = layers
+        return [*hidden, (W[..., : self.act_dim], b[..., : self.act_dim])]
+
+    def sample(self, layers, obs, eps) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAC's tanh-Gaussian policy: a = tanh(mean + std * eps) [K, B, A] and log pi(a|s) [K, B] (change of variables
+        through tanh, SAC appendix C). The log-std is squashed into [-5, 2] (as CleanRL's sac_continuous_action.py)."""
+        mean, log_std = mlp(layers, obs, None).chunk(2, -1)
+        log_std = -5 + 3.5 * (torch.tanh(log_std) + 1)
+        a = torch.tanh(mean + log_std.exp() * eps)
+        logp = (-0.5 * eps**2 - log_std - 0.5 * math.log(2 * math.pi) - torch.log(1 - a**2 + 1e-6)).sum(-1)
+        return a, logp
 
     def twin_q(self, critic, obs, act) -> torch.Tensor:
         """Q1(s, a) and Q2(s, a) as q [2, K, B] (q[0] is Q1), for obs [K, B, S] and act [K, B, A]: both twins in one
@@ -229,16 +255,25 @@ class TD3:
         """The MSE of Q1 and of Q2 against the clipped double-Q target, per context (mean over its batch), summed over
         the contexts: each context's gradient is its own run's. noise: the target policy smoothing noise [K, B, A]."""
         with torch.no_grad():  # target with policy smoothing; clipped double-Q
-            noise = noise.clamp(-noise_clip, noise_clip)
-            next_act = (mlp(self.actor_t, next_obs) + noise).clamp(-1, 1)
-            q1_next, q2_next = self.twin_q(self.critic_t, next_obs, next_act)
-            y = rew + gamma * (1 - done) * torch.minimum(q1_next, q2_next)  # done = terminated only: truncation bootstraps
+            if self.sac:  # SAC: a' ~ pi(s') of the online actor (noise: standard normal), and the entropy bonus
+                next_act, next_logp = self.sample(self.actor, next_obs, noise)
+            else:
+                next_act = (mlp(self.actor_t, next_obs) + noise.clamp(-noise_clip, noise_clip)).clamp(-1, 1)
+            q_next = torch.minimum(*self.twin_q(self.critic_t, next_obs, next_act))
+            if self.sac:
+                q_next = q_next - self.log_alpha.exp() * next_logp
+            y = rew + gamma * (1 - done) * q_next  # done = terminated only: truncation bootstraps
         q = self.twin_q(self.critic, obs, act)  # [2, K, B]: Q1, Q2
         return ((q - y) ** 2).mean(-1).sum()
 
     def actor_loss(self, obs) -> torch.Tensor:
         """-Q1(s, pi(s)), mean over each context's batch, summed over the contexts: the actor ascends Q1. With
         action_penalty, + that weight x mean(u^2) of the pre-tanh actions u = pi's last layer before tanh."""
+        if self.sac:  # SAC: E[alpha log pi(a|s) - min(Q1, Q2)(s, a)], a ~ pi(s) reparameterised
+            act, logp = self.sample(self.actor, obs, torch.randn(*obs.shape[:2], self.act_dim, device=obs.device))
+            q = torch.minimum(*self.twin_q(self.critic, obs, act))
+            self.last_logp = logp.detach()  # for the temperature step
+            return (self.log_alpha.exp().detach() * logp - q).mean(1).sum()
         u = mlp(self.actor, obs, None)  # [K, B, A] pre-tanh
         loss = -self.twin_q(self.critic, obs, torch.tanh(u))[0].mean(1).sum()
         return loss + self.action_penalty * (u**2).mean((1, 2)).sum() if self.action_penalty else loss
@@ -256,6 +291,11 @@ class TD3:
             self.actor_opt.zero_grad()
             actor_loss.backward()
             self.actor_opt.step()
+            if self.sac:  # the temperature: alpha rises while the entropy is below -act_dim and falls above it
+                alpha_loss = -(self.log_alpha * (self.last_logp - self.act_dim)).mean(1).sum()
+                self.alpha_opt.zero_grad()
+                alpha_loss.backward()
+                self.alpha_opt.step()
             with torch.no_grad():
                 online = [t.detach() for t in tensors(self.actor) + tensors(self.critic)]
                 torch._foreach_lerp_(tensors(self.actor_t) + tensors(self.critic_t), online, tau)
@@ -265,21 +305,21 @@ class TD3:
     def update(self, batch, update_actor: bool, *, gamma, tau, policy_noise, noise_clip, noise=None) -> dict:
         """One TD3 step for all K contexts. batch: obs [K,B,S], act [K,B,A], rew [K,B], next_obs, done [K,B]. Returns
         qf_loss and (with update_actor) actor_loss, each the mean over contexts, as floats."""
-        if noise is None:  # target policy smoothing noise [K, B, A] (tests pass their own)
-            noise = torch.randn_like(batch[1]) * policy_noise
+        if noise is None:  # target policy smoothing noise [K, B, A] (tests pass their own); SAC: its standard normal
+            noise = torch.randn_like(batch[1]) * (1.0 if self.sac else policy_noise)
         out = self.step(batch, noise, update_actor, gamma, tau, noise_clip)
         return {name: loss.item() / self.k for name, loss in out.items()}
 
     def actor_of(self, i: int):
         """Context i's actor as layers with K = 1 (detached: for rollouts)."""
-        return [(W[i : i + 1].detach(), b[i : i + 1].detach()) for W, b in self.actor]
+        return [(W[i : i + 1].detach(), b[i : i + 1].detach()) for W, b in self.policy(self.actor)]
 
     def expert_weights(self, i: int) -> dict:
         """Context i's actor, Q1 and Q2 as CPU copies [W0, b0, W1, b1, ...]: the expert file's tensors."""
         copy = lambda ts: [t.detach().cpu().clone() for t in ts]  # noqa: E731
         critic = tensors(self.critic)
         return {
-            "actor": copy(t[i] for t in tensors(self.actor)),
+            "actor": copy(t[i] for t in tensors(self.policy(self.actor))),
             "critic1": copy(t[0, i] for t in critic),
             "critic2": copy(t[1, i] for t in critic),
         }
@@ -289,7 +329,9 @@ class TD3:
 
     def state(self) -> dict:
         nets = {name: [[W.detach().cpu(), b.detach().cpu()] for W, b in net] for name, net in self.networks().items()}
-        return nets | {"actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict()}
+        opts = {"actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict()}
+        sac = {"log_alpha": self.log_alpha.detach().cpu(), "alpha_opt": self.alpha_opt.state_dict()} if self.sac else {}
+        return nets | opts | sac
 
     def load(self, s: dict) -> None:
         with torch.no_grad():
@@ -299,6 +341,10 @@ class TD3:
                     b.copy_(b_saved)
         self.actor_opt.load_state_dict(s["actor_opt"])
         self.critic_opt.load_state_dict(s["critic_opt"])
+        if self.sac:
+            with torch.no_grad():
+                self.log_alpha.copy_(s["log_alpha"])
+            self.alpha_opt.load_state_dict(s["alpha_opt"])
 
 
 class CudaGraphed:
@@ -634,7 +680,7 @@ class RunState:
 
     def take_snapshot(self) -> None:
         with torch.no_grad():
-            flat = flatten_layers(self.agent.actor).cpu()  # [K, P]
+            flat = flatten_layers(self.agent.policy(self.agent.actor)).cpu()  # [K, P]
         for i, snaps in enumerate(self.snapshots):
             snaps.append(flat[i].clone())
         self.snapshot_steps.append(self.step)
@@ -841,7 +887,7 @@ def main(args: Args) -> dict:
 
     obs_dim, act_dim = envs[0].observation_space.shape[0], envs[0].action_space.shape[0]
     opts = dict(shared=args.shared_init, compile=args.compile, cudagraphs=args.cudagraphs, action_penalty=args.action_penalty)
-    opts["layer_norm"] = args.layer_norm
+    opts |= {"layer_norm": args.layer_norm, "sac": args.sac}
     agent = TD3(k, obs_dim, act_dim, args.hidden, args.learning_rate, device, **opts)
     run = RunState(agent, Replay(k, min(args.buffer_size, args.total_timesteps), obs_dim, act_dim, device))
     if ck is not None:
@@ -851,13 +897,17 @@ def main(args: Args) -> dict:
     obs, ep_ret, losses = reset_all(run.episode), np.zeros(k), {}
     t0, s0 = time.time(), run.step
     while run.step < args.total_timesteps:
-        # ALGO LOGIC: act (uniform random before learning_starts, then pi(s) + N(0, sigma))
+        # ALGO LOGIC: act (uniform random before learning_starts, then pi(s) + N(0, sigma); SAC: a ~ pi(s))
         if run.step < args.learning_starts:
             act = torch.rand(k, act_dim) * 2 - 1
         else:
             with torch.no_grad():
-                act = mlp(agent.actor, torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(1)).squeeze(1).cpu()
-                act = (act + torch.randn(k, act_dim) * args.exploration_noise).clamp(-1, 1)
+                o = torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(1)  # [K, 1, S]
+                if args.sac:
+                    act = agent.sample(agent.actor, o, torch.randn(k, 1, act_dim).to(device))[0].squeeze(1).cpu()
+                else:
+                    act = mlp(agent.actor, o).squeeze(1).cpu()
+                    act = (act + torch.randn(k, act_dim) * args.exploration_noise).clamp(-1, 1)
         act = act.numpy()
         results = [env.step(a) for env, a in zip(envs, act)]
         next_obs = np.stack([r[0] for r in results])

@@ -1,6 +1,7 @@
 """td3.py: the policy form, batched TD3 (Q1 and Q2 named), the run state, files, determinism, resume and error paths."""
 
 import csv
+import math
 import subprocess
 import sys
 from dataclasses import asdict, replace
@@ -149,9 +150,9 @@ def test_same_seed_same_weights_other_seed_differs(tmp_path, tiny_args):
     assert not torch.equal(ea["actor"][0], ec["actor"][0])
 
 
-@pytest.mark.parametrize("keep_best", [False, True])
-def test_resume_reaches_the_same_state(tmp_path, tiny_args, keep_best):
-    kw = {"keep_best": keep_best, "eval_interval": 200 if keep_best else 0}
+@pytest.mark.parametrize("keep_best,sac", [(False, False), (True, False), (False, True)])
+def test_resume_reaches_the_same_state(tmp_path, tiny_args, keep_best, sac):
+    kw = {"keep_best": keep_best, "eval_interval": 200 if keep_best else 0, "sac": sac}
     full = td3.main(tiny_args(tmp_path / "full", total_timesteps=800, **kw))
     td3.main(tiny_args(tmp_path / "part", total_timesteps=400, **kw))  # "killed" after its checkpoint at 400
     part = td3.main(tiny_args(tmp_path / "part", total_timesteps=800, resume=True, **kw))
@@ -167,6 +168,9 @@ def test_resume_reaches_the_same_state(tmp_path, tiny_args, keep_best):
     for name in ("actor", "critic", "actor_t", "critic_t"):  # the whole agent, targets included
         assert all(torch.equal(a, b) for la, lb in zip(ck_full["agent"][name], ck_part["agent"][name]) for a, b in zip(la, lb))
     assert torch.equal(ck_full["rng"], ck_part["rng"]) and ck_full["episode"] == ck_part["episode"]
+    if sac:  # the temperatures and their Adam state too
+        assert torch.equal(ck_full["agent"]["log_alpha"], ck_part["agent"]["log_alpha"])
+        assert ck_full["agent"]["log_alpha"].abs().min() > 0  # it was tuned
 
 
 def test_resume_from_a_checkpoint_of_the_flat_layout(tmp_path, tiny_args):
@@ -679,3 +683,69 @@ def test_resume_of_a_checkpoint_older_than_a_flag_compares_it_with_the_default(t
     assert td3.read_checkpoint(tmp_path / "run" / "checkpoint.pt", asdict(args))["step"] == 400
     with pytest.raises(UserError, match="flags differ.*layer_norm"):
         td3.read_checkpoint(tmp_path / "run" / "checkpoint.pt", asdict(replace(args, layer_norm=True)))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# --sac: SAC's entropy-regularised actor (the Gen-HypRL experts are SAC)
+# ---------------------------------------------------------------------------------------------------------------------
+def test_sac_sample_is_a_tanh_gaussian_with_its_log_probability():
+    """Known answer: a = tanh(x), x ~ N(mean, std) with log-std squashed into [-5, 2], and log pi(a|s) = log N(x) -
+    sum log(1 - tanh(x)^2) (SAC appendix C), against torch.distributions, per context."""
+    K, B, S, A = 2, 6, 3, 2
+    torch.manual_seed(0)
+    agent = td3.TD3(K, S, A, (8,), 1e-3, "cpu", sac=True)
+    obs, eps = torch.randn(K, B, S), torch.randn(K, B, A)
+    act, logp = agent.sample(agent.actor, obs, eps)
+    out = td3.mlp(agent.actor, obs, None)  # [K, B, 2A]: mean, then the raw log-std
+    mean, log_std = out[..., :A], -5 + 3.5 * (torch.tanh(out[..., A:]) + 1)
+    x = mean + log_std.exp() * eps
+    want = torch.distributions.Normal(mean, log_std.exp()).log_prob(x).sum(-1) - torch.log(1 - torch.tanh(x) ** 2 + 1e-6).sum(-1)
+    torch.testing.assert_close(act, torch.tanh(x))
+    torch.testing.assert_close(logp, want)
+    assert log_std.min() >= -5 and log_std.max() <= 2
+    # the deterministic policy is tanh of the mean head: what rollouts, snapshots and expert files see
+    torch.testing.assert_close(td3.mlp(agent.policy(agent.actor), obs), torch.tanh(mean))
+    assert agent.expert_weights(1)["actor"][-1].shape == (1, A) and agent.actor[-1][0].shape == (K, 8, 2 * A)
+
+
+def test_sac_losses_known_answer_and_the_temperature_step():
+    """The critic target is min(Q1', Q2')(s', a') - alpha log pi(a'|s') with a' from the online actor; the actor loss
+    alpha log pi - min(Q1, Q2); one temperature step moves log alpha by +lr (Adam's first step) where the policy's
+    entropy is below -act_dim (a near-deterministic policy): the bonus grows."""
+    K, B, S, A = 2, 5, 3, 2
+    torch.manual_seed(1)
+    agent = td3.TD3(K, S, A, (8,), 1e-2, "cpu", sac=True)
+    with torch.no_grad():
+        agent.log_alpha.fill_(math.log(0.5))
+    obs, act, next_obs = torch.randn(K, B, S), torch.rand(K, B, A) * 2 - 1, torch.randn(K, B, S)
+    rew, done, eps = torch.randn(K, B), torch.zeros(K, B), torch.randn(K, B, A)
+    a2, logp2 = agent.sample(agent.actor, next_obs, eps)
+    y = rew + 0.9 * (torch.minimum(*agent.twin_q(agent.critic_t, next_obs, a2)) - 0.5 * logp2)
+    want = ((agent.twin_q(agent.critic, obs, act) - y) ** 2).mean(-1).sum()
+    torch.testing.assert_close(agent.critic_loss(obs, act, rew, next_obs, done, eps, 0.9, 0.5), want)
+    torch.manual_seed(7)
+    loss = agent.actor_loss(obs)
+    torch.manual_seed(7)
+    a, logp = agent.sample(agent.actor, obs, torch.randn(K, B, A))
+    torch.testing.assert_close(loss, (0.5 * logp - torch.minimum(*agent.twin_q(agent.critic, obs, a))).mean(1).sum())
+    with torch.no_grad():  # a wide policy (std e^2): entropy far above -A, so alpha must fall
+        agent.actor[-1][1][..., A:] = 10.0
+    before = agent.log_alpha.detach().clone()
+    batch = (obs, act, rew, next_obs, done)
+    agent.update(batch, True, gamma=0.9, tau=0.005, policy_noise=0.2, noise_clip=0.5)
+    torch.testing.assert_close(agent.log_alpha.detach(), before + 1e-2)
+
+
+def test_sac_run_writes_mean_policy_experts_that_replay_their_evaluation(tiny_args, tmp_path):
+    """A --sac run's experts and snapshots hold the mean head only (the layer sizes of a TD3 expert), so every later
+    stage reads them unchanged; rolling the expert out again gives its recorded evaluation return."""
+    r = td3.main(
+        tiny_args(tmp_path / "run", total_timesteps=400, sac=True, eval_episodes=1, snapshot_interval=100, snapshot_start=200)
+    )
+    e = td3.load_experts(tmp_path / "run")[0]  # check_expert: actor shapes [S,16], [16,16], [16,A]
+    assert e["args"]["sac"] is True
+    snaps = np.load(tmp_path / "run" / f"snapshots_{e['label']}.npy", allow_pickle=False)
+    assert snaps.shape == (3, td3.n_params(td3.layer_sizes(e["obs_dim"], e["hidden"], e["act_dim"])))
+    assert np.array_equal(snaps[-1], td3.flatten_layers(td3.expert_layers(e))[0].numpy())  # the last snapshot is the final actor
+    again = td3.evaluate_policy(e["task"], e["context"], td3.expert_layers(e), 1, e["eval_seed"])
+    assert again["return_mean"] == pytest.approx(r["eval"][e["label"]]["return_mean"])
