@@ -133,3 +133,29 @@ def test_genhyprl_refuses_an_unknown_stage_before_any_work(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "out")}
     out = subprocess.run(["bash", "suite/genhyprl.sh", "experts", "all"], cwd=ROOT, capture_output=True, text=True, env=env)
     assert out.returncode == 2 and "experts seen|unseen" in out.stderr and not (tmp_path / "out").exists()
+
+
+def test_genhyprl_table_splits_seen_unseen_and_failed_experts(tmp_path):
+    """Known answer: 2 seeds x (2 seen + 2 unseen tasks); one seen and one unseen expert fail. The succeeding tasks'
+    cells are the mean over seeds of each task's success, the failing ones are reported apart."""
+    import genhyprl_table
+
+    rows = []
+    expert = {"a-v3": 1.0, "b-v3": 0.0, "c-v3": 0.9, "d-v3": 0.2}
+    held = {"a-v3": False, "b-v3": False, "c-v3": True, "d-v3": True}
+    for lab, s in expert.items():
+        rows.append({"method": "expert", "run": None, "label": lab, "heldout": held[lab], "success_rate": s})
+    got = {("hyplatent", 1): [0.6, 0.0, 0.2, 0.0], ("hyplatent", 2): [0.8, 0.1, 0.0, 0.0]}
+    got |= {("hypformer", 1): [1.0, 0.0, 0.4, 0.5], ("hypformer", 2): [1.0, 0.0, 0.6, 0.5]}
+    for (m, run), sr in got.items():
+        for lab, s in zip(expert, sr):
+            rows.append({"method": m, "run": str(run), "label": lab, "heldout": held[lab], "success_rate": s,
+                         "top5_success": min(1.0, 2 * s), "top10_success": s})  # fmt: skip
+    (tmp_path / "results.json").write_text(json.dumps(rows))
+    text = genhyprl_table.main(genhyprl_table.Args(eval=str(tmp_path)))
+    assert "| hyplatent | seen | 1 of 2 | 70.0 [60.0, 80.0] | 100.0 | 70.0 | 51 | 100 | 100 |" in text
+    assert "| hypformer | unseen | 1 of 2 | 50.0 [40.0, 60.0] | 90.0 | 50.0 | 19.8 | 87.5 | 80.63 |" in text
+    assert "| hypformer | unseen | 1 | 50.0 [50.0, 50.0] | 100.0 | 50.0 |" in text  # d-v3, its expert failed
+    assert "| `c-v3` | unseen | 0.90 | 0.10 | 0.50 |" in text and (tmp_path / "genhyprl_table.md").read_text() == text + "\n"
+    with pytest.raises(tasks.UserError, match="results.json is missing"):
+        genhyprl_table.main(genhyprl_table.Args(eval=str(tmp_path / "none")))
