@@ -10,7 +10,7 @@
 #   OUT=runs/genhyprl   everything goes here: OUT/{experts_seen,experts_unseen,rollouts,<model>_s<seed>,eval}
 #   STEPS=100000        expert steps per task;  SEEDS="1 2 3" generator seeds;  SAMPLES=20 generated policies per task
 #   THREADS=1           torch threads per stage: the two expert runs side by side take one core each
-# The expert recipe (README, "MetaWorld experts"): hidden 64, LayerNorm in the critics, actor snapshots every 2000
+# The expert recipe (README, "MetaWorld experts"): hidden 64, SAC's entropy-regularised actor (--sac), snapshots every 2000
 # steps from 40k, the best deterministic evaluation kept (--keep-best). One deterministic episode per evaluation and
 # per generated policy: MetaWorld fixes the goal by the seed, so a deterministic policy's episodes are identical.
 set -euo pipefail
@@ -23,7 +23,7 @@ SEEDS=${SEEDS:-1 2 3}
 SAMPLES=${SAMPLES:-20}
 SEEN="window-open-v3 door-open-v3 drawer-open-v3 dial-turn-v3 plate-slide-v3 button-press-v3 handle-press-v3 faucet-close-v3"
 UNSEEN="drawer-close-v3 handle-press-side-v3 door-lock-v3 window-close-v3 reach-wall-v3 coffee-button-v3 button-press-wall-v3 faucet-open-v3"
-RECIPE="--hidden 64 64 --layer-norm --keep-best --eval-interval 10000 --eval-episodes 1 --snapshot-interval 2000 --snapshot-start 40000"
+RECIPE="--hidden 64 64 --sac --keep-best --eval-interval 10000 --eval-episodes 1 --snapshot-interval 2000 --snapshot-start 40000"
 stage() { $PY "$@" --torch-threads "$THREADS"; }
 
 case "${1:-} ${2:-}" in
