@@ -225,9 +225,10 @@ class TD3:
         self.critic_loss_fn = torch.compile(self.critic_loss) if compile else self.critic_loss
         self.actor_loss_fn = torch.compile(self.actor_loss) if compile else self.actor_loss
         self.step = CudaGraphed(self.train_step) if cudagraphs else self.train_step
-        # SAC's temperature alpha = exp(log_alpha), one per context, tuned towards entropy -act_dim (SAC v2)
-        self.log_alpha = torch.zeros(k, 1, device=device, requires_grad=True)
-        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=lr, capturable=cudagraphs)
+        if self.sac:  # the temperature alpha = exp(log_alpha), one per context, tuned towards entropy -act_dim
+            # (Haarnoja et al. 2018, "Soft Actor-Critic Algorithms and Applications", section 5)
+            self.log_alpha = torch.zeros(k, 1, device=device, requires_grad=True)
+            self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=lr, capturable=cudagraphs)
 
     def policy(self, layers):
         """The deterministic policy's layers: the mean head of a SAC actor (its last layer's first act_dim outputs; the

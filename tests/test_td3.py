@@ -749,3 +749,26 @@ def test_sac_run_writes_mean_policy_experts_that_replay_their_evaluation(tiny_ar
     assert np.array_equal(snaps[-1], td3.flatten_layers(td3.expert_layers(e))[0].numpy())  # the last snapshot is the final actor
     again = td3.evaluate_policy(e["task"], e["context"], td3.expert_layers(e), 1, e["eval_seed"])
     assert again["return_mean"] == pytest.approx(r["eval"][e["label"]]["return_mean"])
+
+
+def test_sac_temperature_falls_when_the_entropy_is_above_minus_act_dim():
+    """The target entropy is -act_dim: a policy with std 1 and mean 0 (entropy about +1.4 over 2 dims, above -2) makes
+    the first temperature step lower log alpha by lr; a target of +act_dim would raise it."""
+    K, B, S, A = 2, 512, 3, 2
+    torch.manual_seed(2)
+    agent = td3.TD3(K, S, A, (8,), 1e-2, "cpu", sac=True)
+    with torch.no_grad():  # last layer: mean head 0, raw log-std 0.4581 -> log-std -5 + 3.5 (tanh + 1) = 0
+        agent.actor[-1][0].zero_()
+        agent.actor[-1][1].zero_()
+        agent.actor[-1][1][..., A:] = math.atanh(10 / 7 - 1)
+    obs, act = torch.randn(K, B, S), torch.rand(K, B, A) * 2 - 1
+    before = agent.log_alpha.detach().clone()
+    agent.update(
+        (obs, act, torch.randn(K, B), torch.randn(K, B, S), torch.zeros(K, B)),
+        True,
+        gamma=0.9,
+        tau=0.005,
+        policy_noise=0.2,
+        noise_clip=0.5,
+    )
+    torch.testing.assert_close(agent.log_alpha.detach(), before - 1e-2)
