@@ -50,9 +50,10 @@ def load_rows(d: Path) -> list[dict]:
         raise UserError(f"no evaluation at {d}: {f} is missing (run bash suite/genhyprl.sh generators first)")
     try:
         rows = json.loads(f.read_text())
-        assert isinstance(rows, list) and all("method" in r and "label" in r for r in rows)
-    except (ValueError, AssertionError):
-        raise UserError(f"cannot read {f}: not a results.json written by evaluate.py") from None
+    except ValueError:
+        rows = None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "method" in r and "label" in r for r in rows):
+        raise UserError(f"cannot read {f}: not a results.json written by evaluate.py")
     if not any(r["method"] in GENERATORS for r in rows) or not any(r["method"] == "expert" for r in rows):
         raise UserError(f"{f} has no expert or no hyplatent / hypformer rows: not a suite/genhyprl.sh evaluation")
     return rows

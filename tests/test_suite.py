@@ -159,3 +159,7 @@ def test_genhyprl_table_splits_seen_unseen_and_failed_experts(tmp_path):
     assert "| `c-v3` | unseen | 0.90 | 0.10 | 0.50 |" in text and (tmp_path / "genhyprl_table.md").read_text() == text + "\n"
     with pytest.raises(tasks.UserError, match="results.json is missing"):
         genhyprl_table.main(genhyprl_table.Args(eval=str(tmp_path / "none")))
+    for bad in ("{not json", '{"method": "expert"}', "[1, 2]"):  # damaged, not a list, not rows
+        (tmp_path / "results.json").write_text(bad)
+        with pytest.raises(tasks.UserError, match="not a results.json written by evaluate.py"):
+            genhyprl_table.main(genhyprl_table.Args(eval=str(tmp_path)))
