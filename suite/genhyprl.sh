@@ -4,12 +4,17 @@
 #
 #   bash suite/genhyprl.sh experts seen     TD3 experts of the 8 seen tasks, one batched run (K=8), checkpointed:
 #   bash suite/genhyprl.sh experts unseen   run it again to resume (--resume, bit-exact); a larger STEPS extends it
+#   bash suite/genhyprl.sh experts retry I/N   the tasks whose expert failed (RETRY), again: another seed, LayerNorm
+#                                           critics, RETRY_STEPS; shard I of N (one core each); its experts replace those
 #   bash suite/genhyprl.sh generators       rollouts, HypLatent + HypFormer x SEEDS, evaluate.py on all 16 tasks
 #   bash suite/genhyprl.sh --list           prints seen|<tasks> and unseen|<tasks>
+#   bash suite/genhyprl.sh --experts        prints the expert file of each task that the generators stage uses
 #
 #   OUT=runs/genhyprl   everything goes here: OUT/{experts_seen,experts_unseen,rollouts,<model>_s<seed>,eval}
 #   STEPS=100000        expert steps per task;  SEEDS="1 2 3" generator seeds;  SAMPLES=20 generated policies per task
 #   THREADS=1           torch threads per stage: the two expert runs side by side take one core each
+#   RETRY=<tasks>       default: the tasks whose expert in experts_seen/unseen has deterministic success < 0.8
+#   RETRY_STEPS=400000  RETRY_SEED=2
 # The expert recipe (README, "MetaWorld experts"): hidden 64, SAC's entropy-regularised actor (--sac), snapshots every 2000
 # steps from 40k, the best deterministic evaluation kept (--keep-best). One deterministic episode per evaluation and
 # per generated policy: MetaWorld fixes the goal by the seed, so a deterministic policy's episodes are identical.
@@ -25,6 +30,11 @@ SEEN="window-open-v3 door-open-v3 drawer-open-v3 dial-turn-v3 plate-slide-v3 but
 UNSEEN="drawer-close-v3 handle-press-side-v3 door-lock-v3 window-close-v3 reach-wall-v3 coffee-button-v3 button-press-wall-v3 faucet-open-v3"
 RECIPE="--hidden 64 64 --sac --keep-best --eval-interval 10000 --eval-episodes 1 --snapshot-interval 2000 --snapshot-start 40000"
 stage() { $PY "$@" --torch-threads "$THREADS"; }
+failed() { $PY -c "import sys, td3; print(*[e['label'] for e in td3.load_experts(sys.argv[1:]) if e['eval_success'] < 0.8])" "$@"; }
+# The expert file of each of the 16 tasks: a retry's where one was trained, else the first run's.
+experts() { for t in $SEEN $UNSEEN; do
+  f=$(ls "$OUT"/experts_retry_*/expert_$t.pt 2>/dev/null | head -n 1 || true)
+  echo "${f:-$(ls "$OUT"/experts_{seen,unseen}/expert_$t.pt 2>/dev/null)}"; done; }
 
 case "${1:-} ${2:-}" in
   "--list ") echo "seen|$SEEN"; echo "unseen|$UNSEEN" ;;
@@ -33,17 +43,26 @@ case "${1:-} ${2:-}" in
     again=--overwrite; [ -f "$d/checkpoint.pt" ] && again=--resume
     stage td3.py --task metaworld --contexts $tasks --total-timesteps "$STEPS" --learning-starts 5000 --seed 1 $RECIPE \
       --checkpoint-interval 20000 --log-interval 5000 --out-dir "$d" $again ;;
+  "experts retry")  # bash suite/genhyprl.sh experts retry 0/2 (and 1/2 beside it)
+    shard=${3:-0/1}; d=$OUT/experts_retry_${shard%/*}
+    retry=${RETRY:-$(failed "$OUT/experts_seen" "$OUT/experts_unseen")}
+    again=--overwrite; [ -f "$d/checkpoint.pt" ] && again=--resume
+    stage td3.py --task metaworld --contexts $retry --shard "$shard" --total-timesteps "${RETRY_STEPS:-400000}" \
+      --learning-starts 5000 --seed "${RETRY_SEED:-2}" $RECIPE --layer-norm --checkpoint-interval 20000 --log-interval 5000 \
+      --out-dir "$d" $again ;;
   "generators ")
     t0=$(date +%s)
-    stage collect.py --experts "$OUT/experts_seen" "$OUT/experts_unseen" --episodes 1 --seed 1 --out-dir "$OUT/rollouts" --overwrite
+    ex=$(experts)
+    stage collect.py --experts $ex --episodes 1 --seed 1 --out-dir "$OUT/rollouts" --overwrite
     pol=""
     for s in $SEEDS; do  # behaviour condition = each task's demonstration; the unseen tasks are held out of training
       stage hyplatent.py --data "$OUT/rollouts" --test-contexts $UNSEEN --seed $s --out-dir "$OUT/hyplatent_s$s" --overwrite
       stage hypformer.py --hyplatent "$OUT/hyplatent_s$s" --seed $s --out-dir "$OUT/hypformer_s$s" --overwrite
       pol="$pol $OUT/hyplatent_s$s $OUT/hypformer_s$s"
     done
-    stage evaluate.py --experts "$OUT/experts_seen" "$OUT/experts_unseen" --policies $pol --episodes 1 --samples "$SAMPLES" \
+    stage evaluate.py --experts $ex --policies $pol --episodes 1 --samples "$SAMPLES" \
       --adapt-transitions 0 --seed 1 --out-dir "$OUT/eval" --overwrite
     echo "generators done in $(( $(date +%s) - t0 )) s: $OUT/eval" ;;
-  *) echo "usage: bash suite/genhyprl.sh experts seen|unseen, or bash suite/genhyprl.sh generators (got '$*')" >&2; exit 2 ;;
+  "--experts ") experts ;;
+  *) echo "usage: bash suite/genhyprl.sh experts seen|unseen|retry [I/N], or bash suite/genhyprl.sh generators (got '$*')" >&2; exit 2 ;;
 esac
