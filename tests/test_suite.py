@@ -10,6 +10,7 @@ import pytest
 
 import evaluate
 import tasks
+import td3
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "suite"))
@@ -163,3 +164,42 @@ def test_genhyprl_table_splits_seen_unseen_and_failed_experts(tmp_path):
         (tmp_path / "results.json").write_text(bad)
         with pytest.raises(tasks.UserError, match="not a results.json written by evaluate.py"):
             genhyprl_table.main(genhyprl_table.Args(eval=str(tmp_path)))
+
+
+def genhyprl_split() -> tuple[list[str], list[str]]:
+    out = subprocess.run(["bash", "suite/genhyprl.sh", "--list"], cwd=ROOT, capture_output=True, text=True)
+    split = dict(line.split("|") for line in out.stdout.strip().splitlines())
+    return split["seen"].split(), split["unseen"].split()
+
+
+def test_genhyprl_generators_take_a_retry_expert_where_one_exists(tmp_path):
+    seen, unseen = genhyprl_split()
+    for d, names in (("experts_seen", seen), ("experts_unseen", unseen), ("experts_retry_1", [seen[2], unseen[5]])):
+        (tmp_path / d).mkdir()
+        for t in names:
+            (tmp_path / d / f"expert_{t}.pt").touch()
+    env = {"PATH": "/usr/bin:/bin", "OUT": str(tmp_path)}
+    out = subprocess.run(["bash", "suite/genhyprl.sh", "--experts"], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    chosen = [Path(p) for p in out.stdout.split()]
+    assert [p.name for p in chosen] == [f"expert_{t}.pt" for t in seen + unseen]  # one file a task, in the split's order
+    assert [p.parent.name for p in chosen] == [
+        "experts_retry_1" if t in (seen[2], unseen[5]) else "experts_seen" if t in seen else "experts_unseen"
+        for t in seen + unseen
+    ]
+
+
+PUBLISHED = ROOT / "experts" / "metaworld"
+
+
+def test_published_metaworld_experts_are_the_16_tasks_and_replay_their_evaluation():
+    """The committed experts (README, "Trained experts"): one per task of the paper's split, one architecture, and each
+    one's deterministic evaluation, replayed from its file, gives the success and return recorded in it."""
+    seen, unseen = genhyprl_split()
+    experts = td3.load_experts(PUBLISHED)
+    assert sorted(e["label"] for e in experts) == sorted(seen + unseen)
+    assert all(e["hidden"] == [64, 64] and e["step"] > 0 for e in experts)
+    for e in experts:
+        r = td3.evaluate_policy("metaworld", e["context"], td3.expert_layers(e), 1, e["eval_seed"])
+        assert r["success_rate"] == e["eval_success"], e["label"]
+        assert r["return_mean"] == pytest.approx(e["eval_return"], rel=1e-4), e["label"]
