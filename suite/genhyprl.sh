@@ -45,7 +45,12 @@ case "${1:-} ${2:-}" in
       --checkpoint-interval 20000 --log-interval 5000 --out-dir "$d" $again ;;
   "experts retry")  # bash suite/genhyprl.sh experts retry 0/2 (and 1/2 beside it)
     shard=${3:-0/1}; d=$OUT/experts_retry_${shard%/*}
+    if [ -z "${RETRY:-}" ] && ! ls "$OUT"/experts_seen/expert_*.pt "$OUT"/experts_unseen/expert_*.pt > /dev/null 2>&1; then
+      echo "experts retry: no expert files in $OUT/experts_seen and $OUT/experts_unseen; run 'experts seen' and 'experts unseen' first (or name the tasks in RETRY)" >&2
+      exit 2
+    fi
     retry=${RETRY:-$(failed "$OUT/experts_seen" "$OUT/experts_unseen")}
+    [ -n "$retry" ] || { echo "experts retry: every expert succeeds; nothing to retry"; exit 0; }
     again=--overwrite; [ -f "$d/checkpoint.pt" ] && again=--resume
     stage td3.py --task metaworld --contexts $retry --shard "$shard" --total-timesteps "${RETRY_STEPS:-400000}" \
       --learning-starts 5000 --seed "${RETRY_SEED:-2}" $RECIPE --layer-norm --checkpoint-interval 20000 --log-interval 5000 \

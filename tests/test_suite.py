@@ -203,3 +203,12 @@ def test_published_metaworld_experts_are_the_16_tasks_and_replay_their_evaluatio
         r = td3.evaluate_policy("metaworld", e["context"], td3.expert_layers(e), 1, e["eval_seed"])
         assert r["success_rate"] == e["eval_success"], e["label"]
         assert r["return_mean"] == pytest.approx(e["eval_return"], rel=1e-4), e["label"]
+
+
+def test_genhyprl_retry_before_the_first_expert_runs_is_refused_before_any_work(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "out")}
+    out = subprocess.run(
+        ["bash", "suite/genhyprl.sh", "experts", "retry", "0/2"], cwd=ROOT, capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 2 and "run 'experts seen' and 'experts unseen' first" in out.stderr
+    assert not (tmp_path / "out").exists()
