@@ -2,7 +2,7 @@
 # Gen-HypRL on MetaWorld, the paper's split (Reddy, Kalwar et al., Generative Policy Parameters with Hypernetworks):
 # HypLatent and HypFormer train on 8 seen tasks and reach 8 unseen ones only through each task's demonstration.
 #
-#   bash suite/genhyprl.sh experts seen     TD3 experts of the 8 seen tasks, one batched run (K=8), checkpointed:
+#   bash suite/genhyprl.sh experts seen     td3.py experts of the 8 seen tasks, one batched run (K=8), checkpointed:
 #   bash suite/genhyprl.sh experts unseen   run it again to resume (--resume, bit-exact); a larger STEPS extends it
 #   bash suite/genhyprl.sh experts retry I/N   the tasks whose expert failed (RETRY), again: another seed, LayerNorm
 #                                           critics, RETRY_STEPS; shard I of N (one core each); its experts replace those
@@ -10,7 +10,7 @@
 #   bash suite/genhyprl.sh --list           prints seen|<tasks> and unseen|<tasks>
 #   bash suite/genhyprl.sh --experts        prints the expert file of each task that the generators stage uses
 #
-#   OUT=runs/genhyprl   everything goes here: OUT/{experts_seen,experts_unseen,rollouts,<model>_s<seed>,eval}
+#   OUT=runs/genhyprl   everything goes here: OUT/{experts_seen,experts_unseen,experts_retry_I,rollouts,<model>_s<seed>,eval}
 #   STEPS=100000        expert steps per task;  SEEDS="1 2 3" generator seeds;  SAMPLES=20 generated policies per task
 #   THREADS=1           torch threads per stage: the two expert runs side by side take one core each
 #   RETRY=<tasks>       default: the tasks whose expert in experts_seen/unseen has deterministic success < 0.8
