@@ -31,30 +31,31 @@ UNSEEN="drawer-close-v3 handle-press-side-v3 door-lock-v3 window-close-v3 reach-
 RECIPE="--hidden 64 64 --sac --keep-best --eval-interval 10000 --eval-episodes 1 --snapshot-interval 2000 --snapshot-start 40000"
 stage() { $PY "$@" --torch-threads "$THREADS"; }
 failed() { $PY -c "import sys, td3; print(*[e['label'] for e in td3.load_experts(sys.argv[1:]) if e['eval_success'] < 0.8])" "$@"; }
+# One expert run into $1, its contexts and seed in the other arguments; resumed (bit-exact) where it has a checkpoint.
+train() { d=$1; shift; again=--overwrite; [ -f "$d/checkpoint.pt" ] && again=--resume
+  stage td3.py --task metaworld "$@" --learning-starts 5000 $RECIPE --checkpoint-interval 20000 --log-interval 5000 \
+    --out-dir "$d" $again; }
 # The expert file of each of the 16 tasks: a retry's where one was trained, else the first run's.
 experts() { for t in $SEEN $UNSEEN; do
-  f=$(ls "$OUT"/experts_retry_*/expert_$t.pt 2>/dev/null | head -n 1 || true)
-  echo "${f:-$(ls "$OUT"/experts_{seen,unseen}/expert_$t.pt 2>/dev/null)}"; done; }
+  for f in "$OUT"/experts_retry_*/expert_$t.pt "$OUT"/experts_{seen,unseen}/expert_$t.pt ""; do [ -f "$f" ] && break; done
+  [ -n "$f" ] || { echo "no expert of $t in $OUT/experts_{seen,unseen,retry_*}: run the experts stages first" >&2; exit 2; }
+  echo "$f"; done; }
 
 case "${1:-} ${2:-}" in
   "--list ") echo "seen|$SEEN"; echo "unseen|$UNSEEN" ;;
   "experts seen" | "experts unseen")
-    d=$OUT/experts_$2; tasks=$([ "$2" = seen ] && echo "$SEEN" || echo "$UNSEEN")
-    again=--overwrite; [ -f "$d/checkpoint.pt" ] && again=--resume
-    stage td3.py --task metaworld --contexts $tasks --total-timesteps "$STEPS" --learning-starts 5000 --seed 1 $RECIPE \
-      --checkpoint-interval 20000 --log-interval 5000 --out-dir "$d" $again ;;
+    tasks=$([ "$2" = seen ] && echo "$SEEN" || echo "$UNSEEN")
+    train "$OUT/experts_$2" --contexts $tasks --total-timesteps "$STEPS" --seed 1 ;;
   "experts retry")  # bash suite/genhyprl.sh experts retry 0/2 (and 1/2 beside it)
-    shard=${3:-0/1}; d=$OUT/experts_retry_${shard%/*}
+    shard=${3:-0/1}
     if [ -z "${RETRY:-}" ] && ! ls "$OUT"/experts_seen/expert_*.pt "$OUT"/experts_unseen/expert_*.pt > /dev/null 2>&1; then
       echo "experts retry: no expert files in $OUT/experts_seen and $OUT/experts_unseen; run 'experts seen' and 'experts unseen' first (or name the tasks in RETRY)" >&2
       exit 2
     fi
     retry=${RETRY:-$(failed "$OUT/experts_seen" "$OUT/experts_unseen")}
     [ -n "$retry" ] || { echo "experts retry: every expert succeeds; nothing to retry"; exit 0; }
-    again=--overwrite; [ -f "$d/checkpoint.pt" ] && again=--resume
-    stage td3.py --task metaworld --contexts $retry --shard "$shard" --total-timesteps "${RETRY_STEPS:-400000}" \
-      --learning-starts 5000 --seed "${RETRY_SEED:-2}" $RECIPE --layer-norm --checkpoint-interval 20000 --log-interval 5000 \
-      --out-dir "$d" $again ;;
+    train "$OUT/experts_retry_${shard%/*}" --contexts $retry --shard "$shard" --total-timesteps "${RETRY_STEPS:-400000}" \
+      --seed "${RETRY_SEED:-2}" --layer-norm ;;
   "generators ")
     t0=$(date +%s)
     ex=$(experts)
