@@ -119,15 +119,19 @@ def test_table_errors(tmp_path):
         table.main(table.Args(out=str(tmp_path)))
 
 
-def test_genhyprl_split_is_the_papers_8_seen_and_8_unseen_metaworld_tasks():
+def genhyprl_split() -> tuple[list[str], list[str]]:
     out = subprocess.run(["bash", "suite/genhyprl.sh", "--list"], cwd=ROOT, capture_output=True, text=True)
     split = dict(line.split("|") for line in out.stdout.strip().splitlines())
-    seen, unseen = split["seen"].split(), split["unseen"].split()
+    return split["seen"].split(), split["unseen"].split()
+
+
+def test_genhyprl_split_is_the_papers_8_seen_and_8_unseen_metaworld_tasks():
+    seen, unseen = genhyprl_split()
     assert len(set(seen)) == len(set(unseen)) == 8 and not set(seen) & set(unseen)
     assert {"window-open-v3", "faucet-close-v3"} <= set(seen) and {"drawer-close-v3", "faucet-open-v3"} <= set(unseen)
     assert set(seen + unseen) <= set(tasks.metaworld_names())
     submit = (ROOT / "slurm" / "submit.sh").read_text()  # the cluster run holds out the same tasks
-    assert f'SEEN="{split["seen"]}"' in submit and f'UNSEEN="{split["unseen"]}"' in submit
+    assert f'SEEN="{" ".join(seen)}"' in submit and f'UNSEEN="{" ".join(unseen)}"' in submit
 
 
 def test_genhyprl_refuses_an_unknown_stage_before_any_work(tmp_path):
@@ -166,13 +170,7 @@ def test_genhyprl_table_splits_seen_unseen_and_failed_experts(tmp_path):
             genhyprl_table.main(genhyprl_table.Args(eval=str(tmp_path)))
 
 
-def genhyprl_split() -> tuple[list[str], list[str]]:
-    out = subprocess.run(["bash", "suite/genhyprl.sh", "--list"], cwd=ROOT, capture_output=True, text=True)
-    split = dict(line.split("|") for line in out.stdout.strip().splitlines())
-    return split["seen"].split(), split["unseen"].split()
-
-
-def test_genhyprl_generators_take_a_retry_expert_where_one_exists(tmp_path):
+def test_genhyprl_generators_take_a_retry_expert_where_one_exists_and_refuse_a_task_with_none(tmp_path):
     seen, unseen = genhyprl_split()
     for d, names in (("experts_seen", seen), ("experts_unseen", unseen), ("experts_retry_1", [seen[2], unseen[5]])):
         (tmp_path / d).mkdir()
@@ -187,6 +185,11 @@ def test_genhyprl_generators_take_a_retry_expert_where_one_exists(tmp_path):
         "experts_retry_1" if t in (seen[2], unseen[5]) else "experts_seen" if t in seen else "experts_unseen"
         for t in seen + unseen
     ]
+    (tmp_path / "experts_unseen" / f"expert_{unseen[0]}.pt").unlink()  # a task with no expert: refused, by name
+    for stage in (["--experts"], ["generators"]):
+        out = subprocess.run(["bash", "suite/genhyprl.sh", *stage], cwd=ROOT, capture_output=True, text=True, env=env)
+        assert out.returncode == 2 and f"no expert of {unseen[0]}" in out.stderr, stage
+    assert not (tmp_path / "rollouts").exists()
 
 
 PUBLISHED = ROOT / "experts" / "metaworld"
