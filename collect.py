@@ -14,7 +14,7 @@ Writes into --out-dir (float32 unless noted, rows context-major, load with np.lo
   behaviour/  params [M,P]  param_context_id [M] int64  param_context [M,C]  param_step [M] int64
               param_return [M]  param_success [M]  traj [M,20*(S+3A)]  post_success [M,3S]
               post_success_step [M] int64  manifest.json
-Episode e of expert i resets with seed + 10000*i + e, so td3.evaluate_policy(task, ctx, actor, E, seed + 10000*i)
+Episode e of expert i resets with seed + 10000*i + e, so policy.evaluate_policy(task, ctx, actor, E, seed + 10000*i)
 replays exactly the episodes stored here. manifest.json is written last: a set without it is incomplete.
 """
 
@@ -27,10 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import policy
+import runio
 import tasks
-import td3
-from tasks import UserError
-from td3 import rollout  # noqa: F401  (collect.rollout: the one episode loop, in td3.py)
+from policy import rollout  # noqa: F401  (collect.rollout: the one episode loop, in policy.py)
+from runio import UserError
 
 FORMAT = "cleanhyper-rollouts-v1"
 BEHAVIOUR_FORMAT = "cleanhyper-behaviour-v1"
@@ -116,15 +117,15 @@ def episode_seed(seed: int, i: int, e: int) -> int:
     return seed + 10_000 * i + e
 
 
-# what collect.py reads from an expert file beyond what td3.load_experts checks (task, sizes, gamma, weights), with its type
+# what collect.py reads from an expert file beyond what policy.load_experts checks (task, sizes, gamma, weights), with its type
 EXPERT_KEYS = {"context_names": list, "context_vector": list, "step": int, "eval_return": (int, float)}
 
 
 def check_experts(experts: list[dict], files: list[Path]) -> None:
-    """Each expert (already checked by td3.load_experts, which also made task, sizes and gamma agree) holds the keys
+    """Each expert (already checked by policy.load_experts, which also made task, sizes and gamma agree) holds the keys
     collect.py reads too, and all share one set of context variables."""
     for e, f in zip(experts, files):
-        td3.require_keys(e, EXPERT_KEYS, f)
+        policy.require_keys(e, EXPERT_KEYS, f)
     seen = {json.dumps(e["context_names"]) for e in experts}
     if len(seen) > 1:
         raise UserError(f"experts differ in context_names ({', '.join(sorted(seen))}): put one task's experts in one directory")
@@ -152,18 +153,18 @@ def load_snapshots(experts: list[dict], dirs: list[Path]) -> list | None:
         return None
     if len({json.dumps(e["hidden"]) for e in experts}) > 1:
         raise UserError("experts differ in hidden sizes: their flat parameter vectors cannot be stacked")
-    sizes = td3.layer_sizes(experts[0]["obs_dim"], experts[0]["hidden"], experts[0]["act_dim"])
+    sizes = policy.layer_sizes(experts[0]["obs_dim"], experts[0]["hidden"], experts[0]["act_dim"])
     snaps = []
     for e, f in zip(experts, files):
         if not f.is_file():
             print(f"  note: no {f.name}; context {e['label']} contributes only its final actor")
-            snaps.append((np.zeros((0, td3.n_params(sizes)), np.float32), []))
+            snaps.append((np.zeros((0, policy.n_params(sizes)), np.float32), []))
             continue
         flat = load_array(f, "f", ndim=2).astype(np.float32)
         steps = load_array(f.parent / "snapshot_steps.npy", "iu", ndim=1)
-        if flat.shape != (len(steps), td3.n_params(sizes)):
+        if flat.shape != (len(steps), policy.n_params(sizes)):
             raise UserError(
-                f"{f} has shape {flat.shape}; expected ({len(steps)}, {td3.n_params(sizes)}): one row per step of "
+                f"{f} has shape {flat.shape}; expected ({len(steps)}, {policy.n_params(sizes)}): one row per step of "
                 f"{f.parent / 'snapshot_steps.npy'}, of the expert's layer sizes {sizes}"
             )
         snaps.append((flat, steps.tolist()))
@@ -172,14 +173,14 @@ def load_snapshots(experts: list[dict], dirs: list[Path]) -> list | None:
 
 def collect_behaviour(args: Args, experts: list[dict], envs: list, snaps: list, device) -> dict:
     """Roll every snapshot (then the final actor) of every context out."""
-    sizes = td3.layer_sizes(experts[0]["obs_dim"], experts[0]["hidden"], experts[0]["act_dim"])
+    sizes = policy.layer_sizes(experts[0]["obs_dim"], experts[0]["hidden"], experts[0]["act_dim"])
     rows = {k: [] for k in ("params", "cid", "step", "ret", "succ", "traj", "post", "post_step")}
     for i, (e, (flat, steps), env) in enumerate(zip(experts, snaps, envs)):
-        final = td3.flatten_layers(td3.expert_layers(e)).numpy()  # [1, P], appended last
+        final = policy.flatten_layers(policy.expert_layers(e)).numpy()  # [1, P], appended last
         flat = np.concatenate([flat, final])
         step_i = [*steps, int(e["step"])]
         for j, p in enumerate(flat):
-            layers = td3.unflatten_layers(torch.from_numpy(p).to(device)[None], sizes)
+            layers = policy.unflatten_layers(torch.from_numpy(p).to(device)[None], sizes)
             eps = [rollout(env, layers, episode_seed(args.seed, i, k), device) for k in range(args.snapshot_episodes)]
             traj, post = behaviour_features(eps[0]["states"], eps[0]["actions"], eps[0]["success_step"])
             rows["params"].append(p)
@@ -218,14 +219,14 @@ def expert_dirs(paths, experts: list[dict]) -> list[Path]:
 
 def main(args: Args) -> dict:
     # Every flag and every input file is checked before any work; nothing is written until they pass.
-    tasks.check_flags(args, positive=("episodes", "snapshot_episodes"), nonnegative=("seed", "torch_threads"))
-    device = td3.resolve_device(args.device)
+    runio.check_flags(args, positive=("episodes", "snapshot_episodes"), nonnegative=("seed", "torch_threads"))
+    device = runio.resolve_device(args.device)
     paths = (args.experts,) if isinstance(args.experts, (str, Path)) else tuple(args.experts)
-    experts = td3.load_experts(paths)  # shards merged, sorted by label: that order is context_id
+    experts = policy.load_experts(paths)  # shards merged, sorted by label: that order is context_id
     dirs = expert_dirs(paths, experts)
     check_experts(experts, [d / f"expert_{e['label']}.pt" for e, d in zip(experts, dirs)])
     snaps = load_snapshots(experts, dirs) if args.snapshots else None
-    out = tasks.prepare_out_dir(args.out_dir, OUTPUTS, overwrite=args.overwrite)
+    out = runio.prepare_out_dir(args.out_dir, OUTPUTS, overwrite=args.overwrite)
     if args.torch_threads:  # 0: torch's default
         torch.set_num_threads(args.torch_threads)
     task, S, A = experts[0]["task"], experts[0]["obs_dim"], experts[0]["act_dim"]
@@ -236,14 +237,14 @@ def main(args: Args) -> dict:
     for i, e in enumerate(experts):
         env = tasks.make_env(task, e["context"], episode_seed(args.seed, i, 0))
         envs.append(env)
-        layers = td3.expert_layers(e, "actor", device)
+        layers = policy.expert_layers(e, "actor", device)
         eps = [rollout(env, layers, episode_seed(args.seed, i, k), device) for k in range(args.episodes)]
         obs = np.concatenate([ep["states"][:-1] for ep in eps])
         act = np.concatenate([ep["actions"] for ep in eps])
         with torch.no_grad():  # one batched critic pass over all of this expert's rows: [1, N_i, S+A] -> [N_i]
             sa = torch.as_tensor(np.concatenate([obs, act], 1), device=device)[None]
-            critic = td3.expert_layers(e, "critic1", device)
-            q = td3.mlp(critic, sa, None, e.get("critic_layer_norm", False))[0, :, 0].cpu().numpy()
+            critic = policy.expert_layers(e, "critic1", device)
+            q = policy.mlp(critic, sa, None, e.get("critic_layer_norm", False))[0, :, 0].cpu().numpy()
         n = len(obs)
         data["obs"].append(obs)
         data["action"].append(act)
@@ -280,11 +281,11 @@ def main(args: Args) -> dict:
     for env in envs:
         env.close()
     for k, v in arrays.items():
-        td3.atomic_save(v, out / f"{k}.npy")
+        runio.atomic_save(v, out / f"{k}.npy")
     shapes = lambda d: {k: list(v.shape) for k, v in d.items()}
     if behaviour is not None:
         for k, v in behaviour.items():
-            td3.atomic_save(v, out / "behaviour" / f"{k}.npy")
+            runio.atomic_save(v, out / "behaviour" / f"{k}.npy")
         bman = {
             "format": BEHAVIOUR_FORMAT,
             "task": task,
@@ -293,9 +294,9 @@ def main(args: Args) -> dict:
             "obs_dim": S,
             "act_dim": A,
             "hidden": list(experts[0]["hidden"]),
-            "policy_sizes": td3.layer_sizes(S, experts[0]["hidden"], A),
+            "policy_sizes": policy.layer_sizes(S, experts[0]["hidden"], A),
             "n_params": int(behaviour["params"].shape[1]),
-            "flatten_order": "td3.flatten_layers: per layer W [in,out] row-major, then b",
+            "flatten_order": "policy.flatten_layers: per layer W [in,out] row-major, then b",
             "count": int(len(behaviour["params"])),
             "snapshot_episodes": args.snapshot_episodes,
             "traj_steps": TRAJ_STEPS,
@@ -305,7 +306,7 @@ def main(args: Args) -> dict:
             "seed": args.seed,
             "shapes": shapes(behaviour),
         }
-        td3.atomic_save(json.dumps(bman, indent=2), out / "behaviour" / "manifest.json")
+        runio.atomic_save(json.dumps(bman, indent=2), out / "behaviour" / "manifest.json")
     manifest = {
         "format": FORMAT,
         "task": task,
@@ -323,11 +324,11 @@ def main(args: Args) -> dict:
         "behaviour": "behaviour" if behaviour is not None else None,
         "args": asdict(args),
     }
-    td3.atomic_save(json.dumps(manifest, indent=2), out / "manifest.json")  # last: marks the set complete
+    runio.atomic_save(json.dumps(manifest, indent=2), out / "manifest.json")  # last: marks the set complete
     n_beh = 0 if behaviour is None else len(behaviour["params"])
     print(f"wrote {manifest['counts']['rows']} rows and {n_beh} behaviour policies to {out}")
     return {"out_dir": str(out), "manifest": manifest, "behaviour_count": n_beh}
 
 
 if __name__ == "__main__":
-    tasks.cli(main, Args)
+    runio.cli(main, Args)

@@ -7,7 +7,7 @@ Every policy source (hyperzero.py, meta.py, hyplatent.py, hypformer.py) offers t
 load_checkpoint(path) and generate_policies(ckpt, contexts, n, seed, device, conditions), which returns td3.py's
 policy form (layers batched over contexts, context-major: n per context for the generative sources, one for the
 deterministic ones), and adapt_policies where the method adapts few-shot (meta.py). Every policy is rolled out
-through td3.evaluate_policy with the same seeds, so all methods start from the same initial states in a context.
+through policy.evaluate_policy with the same seeds, so all methods start from the same initial states in a context.
 
 Runs: --policies directories whose checkpoints name the same method are RUNS (seeds) of that method, e.g.
 `--policies runs/vel/hyperzero_s{1,2,3}`. Each row carries `method` and `run` (the --policies entry; null for the
@@ -46,9 +46,10 @@ import hyperzero
 import hypformer
 import hyplatent
 import meta
+import policy
+import runio
 import tasks
-import td3
-from tasks import UserError
+from runio import UserError
 
 SOURCES = {m.FORMAT: m for m in (hyperzero, meta, hyplatent, hypformer)}  # checkpoint format -> the module reading it
 CHECKPOINTS = ("hyperzero.pt", "meta.pt", "hyplatent.pt", "hypformer.pt")
@@ -105,7 +106,7 @@ def load_source(path: str) -> tuple[dict, object]:
     files = [f for f in files if f.name in CHECKPOINTS] or files
     if len(files) != 1:
         raise UserError(f"{path}: expected one of {', '.join(CHECKPOINTS)} (found {[f.name for f in files]})")
-    ckpt = td3.safe_load(files[0])
+    ckpt = runio.safe_load(files[0])
     fmt = ckpt.get("format", "") if isinstance(ckpt, dict) else None
     if fmt not in SOURCES:
         what = f"unknown format '{fmt}'" if isinstance(ckpt, dict) else f"holds a {type(ckpt).__name__}, not a checkpoint"
@@ -139,11 +140,11 @@ def load_sources(paths) -> list[tuple[str, dict, object]]:
 def save_video(task, ctx, layers, seed, path):
     import imageio.v2 as imageio
 
-    ep = td3.rollout(tasks.make_env(task, ctx, seed, render_mode="rgb_array"), layers, seed, render=True)
+    ep = policy.rollout(tasks.make_env(task, ctx, seed, render_mode="rgb_array"), layers, seed, render=True)
     frames = [f[::-1] for f in ep["frames"]] if task == "metaworld" else ep["frames"]  # MetaWorld's camera is upside down
     buf = io.BytesIO()
     imageio.mimsave(buf, frames[::2], format="GIF", duration=0.04)
-    td3.atomic_save(buf.getvalue(), path)
+    runio.atomic_save(buf.getvalue(), path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,7 +242,7 @@ def plot(rows: list[dict], task: str, out: Path, summary: list[dict] | None = No
     ax.set_title(f"{task}: return per context (grey bands: held-out contexts)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    td3.save_figure(fig, out / "returns.png", dpi=120)
+    runio.save_figure(fig, out / "returns.png", dpi=120)
 
     # the mean normalised score over runs and contexts with its 95 % bootstrap interval
     shown = [s for s in summary if s["method"] not in ("expert", "random")]
@@ -257,7 +258,7 @@ def plot(rows: list[dict], task: str, out: Path, summary: list[dict] | None = No
     ax.set_title("mean over runs and contexts, 95 % bootstrap interval", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    td3.save_figure(fig, out / "normalized.png", dpi=120)
+    runio.save_figure(fig, out / "normalized.png", dpi=120)
     if task != "metaworld":
         return ["returns.png", "normalized.png"] + (["heatmap.png"] if heatmap(rows, var, out) else [])
 
@@ -279,7 +280,7 @@ def plot(rows: list[dict], task: str, out: Path, summary: list[dict] | None = No
     ax.set_ylim(0, 1.25)  # room for the legend above the bars
     ax.legend(fontsize=8, ncol=len(methods))
     fig.tight_layout()
-    td3.save_figure(fig, out / "success.png", dpi=120)
+    runio.save_figure(fig, out / "success.png", dpi=120)
     return ["returns.png", "normalized.png", "success.png"]
 
 
@@ -328,7 +329,7 @@ def heatmap(rows: list[dict], var: list[str], out: Path) -> bool:
         ax.set_ylabel(var[1])
         ax.set_title(m, fontsize=9)
     fig.colorbar(im, ax=axes.flat[: len(methods)], label="normalised score (red boxes: held out)", shrink=0.8)
-    td3.save_figure(fig, out / "heatmap.png", dpi=120)
+    runio.save_figure(fig, out / "heatmap.png", dpi=120)
     return True
 
 
@@ -340,7 +341,7 @@ def demo_conditions(task, contexts, by_label, seed, device) -> torch.Tensor:
         lab = tasks.context_label(ctx)
         if lab not in by_label:
             raise UserError(f"context {lab}: a behaviour-conditioned generator needs that task's expert (its demo) in --experts")
-        ep = collect.rollout(tasks.make_env(task, ctx, seed), td3.expert_layers(by_label[lab], device=device), seed, device)
+        ep = collect.rollout(tasks.make_env(task, ctx, seed), policy.expert_layers(by_label[lab], device=device), seed, device)
         feats.append(collect.behaviour_features(ep["states"], ep["actions"], ep["success_step"])[0])
     return torch.as_tensor(np.stack(feats))
 
@@ -348,9 +349,9 @@ def demo_conditions(task, contexts, by_label, seed, device) -> torch.Tensor:
 def expert_transitions(task, expert, n, seed, device) -> dict:
     """The first n transitions of the context's expert, rolled out deterministically with reset seeds seed + 50_000 + e,
     apart from the evaluation episodes' seed + e: the few-shot data of maml-adapted / pearl-adapted."""
-    env, layers, eps = tasks.make_env(task, expert["context"], seed), td3.expert_layers(expert, device=device), []
+    env, layers, eps = tasks.make_env(task, expert["context"], seed), policy.expert_layers(expert, device=device), []
     while sum(len(ep["actions"]) for ep in eps) < n:
-        eps.append(td3.rollout(env, layers, seed + 50_000 + len(eps)))
+        eps.append(policy.rollout(env, layers, seed + 50_000 + len(eps)))
     cat = lambda key, sl=slice(None): np.concatenate([ep[key][sl] for ep in eps])[:n]  # noqa: E731
     return {
         "obs": cat("states", slice(None, -1)),
@@ -364,7 +365,7 @@ def evaluate_policies(task, ctx, layers, episodes: int, seed: int) -> tuple[dict
     """Every policy in layers (td3 form, K = the policies of one context) rolled out with the same seeds: the returns
     pooled; on MetaWorld the success rate per policy first, then its mean and top-k over the policies."""
     per = [
-        td3.evaluate_policy(task, ctx, [(W[j : j + 1], b[j : j + 1]) for W, b in layers], episodes, seed)
+        policy.evaluate_policy(task, ctx, [(W[j : j + 1], b[j : j + 1]) for W, b in layers], episodes, seed)
         for j in range(len(layers[0][0]))
     ]
     rets = [x for r in per for x in r["returns"]]
@@ -378,31 +379,31 @@ def evaluate_policies(task, ctx, layers, episodes: int, seed: int) -> tuple[dict
 
 def write_results(rows: list[dict], task: str, args: Args, out: Path) -> tuple[list[dict], list[str]]:
     """results.json, results.csv, summary.json and the plots (the summary table printed): (summary, plot files)."""
-    td3.atomic_save(json.dumps(rows, indent=1), out / "results.json")
+    runio.atomic_save(json.dumps(rows, indent=1), out / "results.json")
     buf = io.StringIO()
     flat = [{**r, "context": json.dumps(r["context"])} for r in rows]
     w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in flat for k in r)))
     w.writeheader()
     w.writerows(flat)
-    td3.atomic_save(buf.getvalue(), out / "results.csv")
+    runio.atomic_save(buf.getvalue(), out / "results.csv")
     summary = summarize(rows, args.bootstrap_reps, args.seed, args.resample_contexts)
     plots = plot(rows, task, out, summary)
     print("\n" + format_table(summary))
-    td3.atomic_save(json.dumps({"args": asdict(args), "summary": summary}, indent=1), out / "summary.json")
+    runio.atomic_save(json.dumps({"args": asdict(args), "summary": summary}, indent=1), out / "summary.json")
     return summary, plots
 
 
 def main(args: Args) -> dict:
     # every flag and input file checked, and --out-dir prepared, before any rollout
     positive = ("episodes", "samples", "bootstrap_reps")
-    tasks.check_flags(args, positive, nonnegative=("seed", "torch_threads", "adapt_transitions"))
+    runio.check_flags(args, positive, nonnegative=("seed", "torch_threads", "adapt_transitions"))
     if args.adapt_steps < -1:
         raise UserError(f"--adapt-steps must be >= 0, or -1 for the checkpoint's --inner-steps; got {args.adapt_steps}")
     torch.manual_seed(args.seed)
     if args.torch_threads:  # 0: torch's default
         torch.set_num_threads(args.torch_threads)
-    device = td3.resolve_device(args.device)
-    experts = td3.load_experts(list(args.experts)) if args.experts else []
+    device = runio.resolve_device(args.device)
+    experts = policy.load_experts(list(args.experts)) if args.experts else []
     sources = load_sources(args.policies)  # (run, checkpoint, module)
     if not experts and not sources:
         raise UserError("nothing to evaluate: give --experts and/or --policies")
@@ -422,7 +423,7 @@ def main(args: Args) -> dict:
         ]
         contexts = list({tasks.context_label(c): c for c in pool}.values())
     labels = [tasks.context_label(c) for c in contexts]
-    out = tasks.prepare_out_dir(args.out_dir, OUTPUTS, overwrite=args.overwrite)
+    out = runio.prepare_out_dir(args.out_dir, OUTPUTS, overwrite=args.overwrite)
 
     rows, t0 = [], time.time()
     # a context is held out for the expert and random rows when no approximator trained on it
@@ -454,11 +455,11 @@ def main(args: Args) -> dict:
         )
 
     for ctx, lab in zip(contexts, labels):
-        add("random", None, ctx, td3.evaluate_policy(task, ctx, None, args.episodes, args.seed), heldout_of(lab))  # score 0
+        add("random", None, ctx, policy.evaluate_policy(task, ctx, None, args.episodes, args.seed), heldout_of(lab))  # score 0
         if lab in by_label:
             e = by_label[lab]
-            layers = td3.expert_layers(e, device=device)
-            res = td3.evaluate_policy(task, e["context"], layers, args.episodes, args.seed)
+            layers = policy.expert_layers(e, device=device)
+            res = policy.evaluate_policy(task, e["context"], layers, args.episodes, args.seed)
             add("expert", None, e["context"], res, heldout_of(lab))
 
     methods = [method_of(ck, mod) for _, ck, mod in sources]
@@ -489,7 +490,9 @@ def main(args: Args) -> dict:
             trans = [expert_transitions(task, by_label[lab], args.adapt_transitions, args.seed, device) for _, lab in todo]
             adapted = mod.adapt_policies(ck, [ctx for ctx, _ in todo], trans, steps, device=device) if todo else []
             for i, (ctx, lab) in enumerate(todo):
-                res = td3.evaluate_policy(task, ctx, [(W[i : i + 1], b[i : i + 1]) for W, b in adapted], args.episodes, args.seed)
+                res = policy.evaluate_policy(
+                    task, ctx, [(W[i : i + 1], b[i : i + 1]) for W, b in adapted], args.episodes, args.seed
+                )
                 extra = {"adapt_transitions": args.adapt_transitions, "adapt_steps": steps}
                 add(f"{method}-adapted", run, ctx, res, lab not in train, extra=extra)
 
@@ -497,7 +500,7 @@ def main(args: Args) -> dict:
     if args.capture_video:
         for e in experts:
             if e["label"] in labels:
-                layers = td3.expert_layers(e, device=device)
+                layers = policy.expert_layers(e, device=device)
                 save_video(task, e["context"], layers, args.seed, out / "videos" / f"expert_{e['label']}.gif")
     summary, plots = write_results(rows, task, args, out)
     print(f"\nwrote results.json, results.csv, summary.json, {', '.join(plots)} to {out}  ({time.time() - t0:.0f} s)")
@@ -588,4 +591,4 @@ def format_table(summary: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    tasks.cli(main, Args)
+    runio.cli(main, Args)

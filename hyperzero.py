@@ -15,7 +15,7 @@ flag and the rollouts (load_rollouts: entries, dtypes, shapes, finite values) ar
 "The released code" below is SAIC-MONTREAL/hyperzero (docs/reference_code.md#sources); where we differ from it and
 why: docs/reference_code.md#hyperzero-networks, #hyperzero-losses and #hyperzero-baselines.
 Unlike the released code, weights are generated ONCE PER CONTEXT in a batch (context-major batches [C_b, n, S]) and
-applied with td3.mlp, not once per sample: the same math, several times faster (benchmarks/hyperzero_step.py).
+applied with policy.mlp, not once per sample: the same math, several times faster (benchmarks/hyperzero_step.py).
 Every model, the MLP baselines included, is turned into the td3 policy form by `generate_policies` (evaluate.py).
 """
 
@@ -33,9 +33,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import collect
+import policy
+import runio
 import tasks
-import td3
-from tasks import UserError
+from runio import UserError
 
 FORMAT = "cleanhyper-hyperzero-v1"
 
@@ -59,7 +60,7 @@ MODELS = {
 META_MODELS = ("maml", "pearl")  # meta.py
 ROLLOUTS_FORMAT = "cleanhyper-rollouts-v1"
 ROLLOUT_FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "q", "context", "context_id")
-OUTPUTS = ("hyperzero.pt", "tb")  # what a run writes into --out-dir (tasks.prepare_out_dir)
+OUTPUTS = ("hyperzero.pt", "tb")  # what a run writes into --out-dir (runio.prepare_out_dir)
 # the manifest entries this stage reads, and their JSON types
 MANIFEST_KEYS = {"task": str, "context_names": list, "contexts": list, "obs_dim": int, "act_dim": int, "gamma": (int, float)}
 
@@ -145,10 +146,10 @@ def context_embedding(ctx_dim: int, embed_dim: int) -> nn.Sequential:
 
 
 def weight_head(embed_dim: int, sizes: list[int]) -> nn.Linear:
-    """z -> every parameter of one generated net, flat in td3.flatten_layers order. Initialised as the released code's
+    """z -> every parameter of one generated net, flat in policy.flatten_layers order. Initialised as the released code's
     Head (models/hypenet_core.py): weights U(-sigma, sigma), zero bias, sigma 0.05 for the first generated layer and
     0.008 for the last (0.05 for any between), so the generated net starts near a small, almost-zero-output MLP."""
-    head = nn.Linear(embed_dim, td3.n_params(sizes))
+    head = nn.Linear(embed_dim, policy.n_params(sizes))
     nn.init.zeros_(head.bias)
     at, n = 0, len(sizes) - 1
     with torch.no_grad():
@@ -172,8 +173,8 @@ class HyperZero(nn.Module):
 
     def forward(self, c):  # c [K, C] -> K policies (+ K Q nets), one set of weights per context
         z = self.embed(c)  # [K, E]
-        pi = td3.unflatten_layers(self.pi_head(z), self.pi_sizes)
-        return pi, td3.unflatten_layers(self.q_head(z), self.q_sizes) if self.q_head is not None else None
+        pi = policy.unflatten_layers(self.pi_head(z), self.pi_sizes)
+        return pi, policy.unflatten_layers(self.q_head(z), self.q_sizes) if self.q_head is not None else None
 
 
 def fold(linears: nn.ModuleList, z: torch.Tensor):
@@ -226,9 +227,9 @@ def compute_losses(model, batch, gamma: float, use_td: bool, per_sample: bool = 
         obs, act, next_obs = (t.reshape(-1, 1, t.shape[-1]) for t in (obs, act, next_obs))
         rew, term, q = (t.reshape(-1, 1) for t in (rew, term, q))
     pi, qnet = model(c)
-    out = {"bc": F.mse_loss(td3.mlp(pi, obs), act)}  # behaviour cloning: MSE(pi(c, s), a*)
+    out = {"bc": F.mse_loss(policy.mlp(pi, obs), act)}  # behaviour cloning: MSE(pi(c, s), a*)
     if qnet is not None:
-        q_hat = q_shift + q_scale * td3.mlp(qnet, torch.cat([obs, act], -1), None).squeeze(-1)
+        q_hat = q_shift + q_scale * policy.mlp(qnet, torch.cat([obs, act], -1), None).squeeze(-1)
         out["value"] = F.mse_loss(q_hat, q) / q_scale**2  # MSE(Q(c, s, a*), Q*)
         if use_td:
             # L_TD = mean(Q* - [r + gamma (1 - terminated) Q(s', sg(pi(s')))])^2: Q* is the fixed side and the gradient
@@ -236,8 +237,8 @@ def compute_losses(model, batch, gamma: float, use_td: bool, per_sample: bool = 
             # get_td_error). Its discount is the environment's, always 1.0; we use the experts' gamma so the target
             # matches how Q* was trained (docs/reference_code.md#bugs-in-the-released-code-and-what-we-do-instead).
             with torch.no_grad():
-                next_act = td3.mlp(pi, next_obs)
-            q_next = q_shift + q_scale * td3.mlp(qnet, torch.cat([next_obs, next_act], -1), None).squeeze(-1)
+                next_act = policy.mlp(pi, next_obs)
+            q_next = q_shift + q_scale * policy.mlp(qnet, torch.cat([next_obs, next_act], -1), None).squeeze(-1)
             out["td"] = ((q - (rew + gamma * (1 - term) * q_next)) ** 2).mean() / q_scale**2
     return out
 
@@ -346,7 +347,7 @@ def heldout_bc(model, data: dict, ids: list[int]) -> float | None:
     err, count = 0.0, 0
     for k, i in enumerate(ids):
         rows = slice(data["start"][i], data["start"][i] + data["count"][i])
-        a = td3.mlp([(W[k : k + 1], b[k : k + 1]) for W, b in pi], data["obs"][rows][None])[0]
+        a = policy.mlp([(W[k : k + 1], b[k : k + 1]) for W, b in pi], data["obs"][rows][None])[0]
         err += float(((a - data["action"][rows]) ** 2).sum())
         count += a.numel()
     return err / count
@@ -356,7 +357,7 @@ def fit(model, opt, steps: int, batch_loss, heldout, log_interval: int, max_grad
     """The training loop of every model here and in meta.py: `steps` optimiser steps on batch_loss() -> (loss, its
     parts); a non-finite loss stops training with a message naming the step. Every log_interval steps (and at the
     last) one row of the mean losses since the previous row, heldout() (the held-out BC) and steps/s: printed, logged
-    to the td3.Tracker (CleanRL's tag names: losses/..., charts/...) and returned."""
+    to the runio.Tracker (CleanRL's tag names: losses/..., charts/...) and returned."""
     history, acc, t_train, t_log = [], {}, 0.0, 0
     for step in range(1, steps + 1):
         t0 = time.perf_counter()
@@ -428,7 +429,7 @@ def checkpoint_file(path, name: str) -> Path:
 
 def load_checkpoint(path) -> dict:
     file = checkpoint_file(path, "hyperzero.pt")
-    ckpt = td3.safe_load(file)
+    ckpt = runio.safe_load(file)
     if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT and ckpt.get("model") in META_MODELS:  # before meta.py
         raise UserError(
             f"{path} is an old hyperzero.py --model {ckpt['model']} checkpoint: retrain it with meta.py --model {ckpt['model']}"
@@ -449,7 +450,7 @@ def load_model(ckpt: dict, contexts: list[dict], device="cpu") -> tuple[nn.Modul
 
 
 def generate_policies(ckpt: dict, contexts: list[dict], n: int = 1, seed: int = 0, device="cpu", conditions=None):
-    """Context dicts -> the td3 policy form with K = len(contexts): td3.mlp(layers, obs [K,N,S]) is each context's
+    """Context dicts -> the td3 policy form with K = len(contexts): policy.mlp(layers, obs [K,N,S]) is each context's
     action. Deterministic: one policy per context whatever n; n, seed and conditions are there so that every policy
     source (hyperzero.py, meta.py, hyplatent.py, hypformer.py) is called the same way."""
     model, c = load_model(ckpt, contexts, device)
@@ -465,11 +466,11 @@ def main(args: Args) -> dict:
         raise UserError(f"unknown model '{args.model}'; valid models: {', '.join(MODELS)} ({' and '.join(META_MODELS)}: meta.py)")
     # every flag and input file checked, and --out-dir prepared, before any compute
     positive = ("steps", "batch_size", "batch_contexts", "learning_rate", "embed_dim", "policy_hidden", "log_interval")
-    tasks.check_flags(args, positive, nonnegative=("seed", "epochs", "value_weight", "td_weight", "torch_threads"))
-    device = td3.resolve_device(args.device)
+    runio.check_flags(args, positive, nonnegative=("seed", "epochs", "value_weight", "td_weight", "torch_threads"))
+    device = runio.resolve_device(args.device)
     man, arr = load_rollouts(args.rollouts)
     train, test = split_contexts(man, args.test_contexts, args.test_fraction, args.seed)
-    out = tasks.prepare_out_dir(args.out_dir, OUTPUTS, overwrite=args.overwrite)
+    out = runio.prepare_out_dir(args.out_dir, OUTPUTS, overwrite=args.overwrite)
     torch.manual_seed(args.seed)
     if args.torch_threads:  # 0: torch's default
         torch.set_num_threads(args.torch_threads)
@@ -483,8 +484,8 @@ def main(args: Args) -> dict:
     start_t, count_t, train_t = torch.as_tensor(data["start"]), torch.as_tensor(data["count"]), torch.as_tensor(train)
 
     S, A = man["obs_dim"], man["act_dim"]
-    pi_sizes = td3.layer_sizes(S, list(args.policy_hidden), A)
-    q_sizes = td3.layer_sizes(S + A, list(args.policy_hidden), 1)
+    pi_sizes = policy.layer_sizes(S, list(args.policy_hidden), A)
+    q_sizes = policy.layer_sizes(S + A, list(args.policy_hidden), 1)
     model = build_model(args.model, len(man["context_names"]), args.embed_dim, pi_sizes, q_sizes).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.learning_rate, fused=True)  # fused: ~3x faster step on CPU for 3.6M params
     spec, gamma = MODELS[args.model], float(man["gamma"])
@@ -504,7 +505,7 @@ def main(args: Args) -> dict:
         # the HyperZero objective L = L_bc + lambda_v L_value + lambda_td L_TD (docs/reference_code.md#hyperzero-losses)
         return parts["bc"] + args.value_weight * parts.get("value", 0.0) + args.td_weight * parts.get("td", 0.0), parts
 
-    tracker = td3.Tracker(out, args, track=args.track, project=args.wandb_project_name, entity=args.wandb_entity)
+    tracker = runio.Tracker(out, args, track=args.track, project=args.wandb_project_name, entity=args.wandb_entity)
     try:
         history = fit(model, opt, steps, batch_loss, lambda: heldout_bc(model, data, test), args.log_interval, tracker=tracker)
     finally:
@@ -527,7 +528,7 @@ def main(args: Args) -> dict:
         "split": split,
         "ctx_mean": data["ctx_mean"].tolist(),
         "ctx_std": data["ctx_std"].tolist(),
-        "q_shift": q_shift,  # Q(s, a) = q_shift + q_scale * td3.mlp(Q layers, cat[s, a])
+        "q_shift": q_shift,  # Q(s, a) = q_shift + q_scale * policy.mlp(Q layers, cat[s, a])
         "q_scale": q_scale,
         "train_loss": final["loss"],
         "train_bc": final["bc"],
@@ -536,7 +537,7 @@ def main(args: Args) -> dict:
         "steps": steps,
         "history": history,
     }
-    td3.atomic_save(ckpt, out / "hyperzero.pt")
+    runio.atomic_save(ckpt, out / "hyperzero.pt")
     print(
         f"wrote {out / 'hyperzero.pt'}  (train bc {final['bc']:.4g}, held-out bc {final['test_bc']}, {final['steps_per_s']:.0f} steps/s)"
     )
@@ -551,4 +552,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    tasks.cli(main, Args)
+    runio.cli(main, Args)

@@ -30,8 +30,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import hyplatent
-from tasks import UserError, check_flags, cli, context_label, prepare_out_dir
-from td3 import Tracker, atomic_save, resolve_device, safe_load, unflatten_layers
+from policy import unflatten_layers
+from runio import Tracker, UserError, atomic_save, check_flags, cli, prepare_out_dir, resolve_device, safe_load
+from tasks import context_label
 
 FORMAT = "cleanhyper-hypformer-v1"
 

@@ -9,15 +9,11 @@ against psi(post-success states). Stage 2, HypLatent: generator G(noise, conditi
 per feature), discriminator F with an auxiliary head Q that reconstructs the condition (Gen-HypRL eq. 3-5). The
 condition is the numeric context (Cheetah-Vel: the goal velocity) or h. Defaults are sized for a laptop CPU at
 quickstart scale; each flag names the paper's value. "The released code" is jayaramreddy10/gen-hyprl_code and "MAA"
-cheryyunl/Make-An-Agent, at the commits in docs/reference_code.md#sources. Where we differ from them and why:
-docs/reference_code.md#gen-hyprl-parameter-autoencoder-and-behaviour-embedding, docs/reference_code.md#gen-hyprl-hyplatent.
+cheryyunl/Make-An-Agent (docs/reference_code.md#sources; where we differ and why: docs/reference_code.md#gen-hyprl-hyplatent).
 
-Writes hyplatent.pt (weights_only, a plain dict): format, task, obs/act dims, policy_sizes, chunks, latent_dim,
-condition ('context' or 'behaviour'), context_names, cond_dim, noise_dim, the normalisers {shift, scale} (param_norm,
-latent_norm, cond_norm; traj_norm, post_norm for behaviour), autoencoder / generator / discriminator / embedding
-state_dicts, embed_sizes, args, data_dir, split {train, test: context dicts}, per-context summary, stats; then
-latent_pca.png, and TensorBoard events of the losses in tb/. Later stages call load_checkpoint and generate_policies
-(or build_models, conditions_of, ...).
+Writes hyplatent.pt (weights_only, a plain dict: sizes, normalisers {shift, scale}, the state_dicts, args, split
+{train, test}, per-context summary, stats; CHECKPOINT_KEYS), latent_pca.png and TensorBoard events in tb/. Later
+stages call load_checkpoint and generate_policies. Walk-through: docs/hyplatent.md.
 """
 
 from __future__ import annotations
@@ -34,8 +30,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from collect import load_array, read_manifest
-from tasks import TASKS, UserError, check_flags, cli, context_label, parse_contexts, prepare_out_dir
-from td3 import Tracker, atomic_save, n_params, resolve_device, safe_load, save_figure, unflatten_layers
+from policy import n_params, unflatten_layers
+from runio import Tracker, UserError, atomic_save, check_flags, cli, prepare_out_dir, resolve_device, safe_load, save_figure
+from tasks import TASKS, context_label, parse_contexts
 
 FORMAT = "cleanhyper-hyplatent-v1"
 GAIN = 1 / 3  # initial LayerNorm gain: latents start inside the clamp [-1, 1] (gain 1 clips a third, with no gradient)
@@ -50,7 +47,7 @@ class Args:
     out_dir: str = "runs/vel/hyplatent"
     """writes hyplatent.pt, latent_pca.png and the TensorBoard events (tb/) here"""
     overwrite: bool = False
-    """replace an earlier run's outputs in --out-dir (they are removed before this run starts)"""
+    """replace an earlier run's outputs in --out-dir"""
     condition: Literal["auto", "context", "behaviour"] = "auto"
     """'context' (numeric context, e.g. the Cheetah-Vel goal), 'behaviour' (trajectory embedding), or 'auto': context when the task has numeric contexts, else behaviour (MetaWorld)"""
     test_contexts: tuple[str, ...] = ()
@@ -101,8 +98,7 @@ class Args:
     device: str = "auto"
     """'auto' (cuda when present), 'cpu' or 'cuda'; runs are deterministic on CPU"""
     torch_threads: int = 0
-    """CPU threads for torch (0: torch's default, one per core: fastest for one run alone; give 1 to each of several
-    runs sharing the cores)"""
+    """CPU threads for torch (0: one per core, the fastest alone); give 1 to each of several runs sharing the cores"""
     log_interval: int = 500
     """print progress, and log losses and steps/s to TensorBoard, every this many updates (0: never)"""
     track: bool = False
@@ -137,13 +133,8 @@ def load_data(path) -> dict:
     kinds = {"params": "f", "param_context_id": "iu", "param_context": "f", "traj": "f", "post_success": "f"}  # float, int
     arr = {f: load_array(bdir / f"{f}.npy", kind, ndim=1 if kind == "iu" else 2) for f, kind in kinds.items()}
     m = len(arr["params"])
-    shapes = {
-        "params": (m, n_params(sizes)),
-        "param_context_id": (m,),
-        "param_context": (m, len(names)),
-        "traj": (m, 20 * (s + 3 * a)),
-        "post_success": (m, 3 * s),
-    }
+    shapes = {"params": (m, n_params(sizes)), "param_context_id": (m,), "param_context": (m, len(names))}
+    shapes |= {"traj": (m, 20 * (s + 3 * a)), "post_success": (m, 3 * s)}
     for f, shape in shapes.items():
         if arr[f].shape != shape:
             why = f"{m} rows as params.npy" if len(arr[f]) != m else f"obs_dim {s}, act_dim {a}, policy sizes {sizes}"
@@ -178,7 +169,7 @@ def unnormalize(x, nrm):
 def chunks_of(sizes: list[int]) -> list[int]:
     """The autoencoder's split of a flat actor [P] into [first layer | rest], one latent token each, as MAA's
     input_splits [5120, 17544] (its SAC actor's Linear(39, 128), then the rest). sizes: td3 layer sizes [S, h1, ..., A]."""
-    first = sizes[0] * sizes[1] + sizes[1]  # W0 [S, h1] and b0 come first in td3.flatten_layers order
+    first = sizes[0] * sizes[1] + sizes[1]  # W0 [S, h1] and b0 come first in policy.flatten_layers order
     return [first, n_params(sizes) - first]
 
 
@@ -210,9 +201,8 @@ class BehaviourEmbedding(nn.Module):
 
     def __init__(self, traj_dim: int, post_dim: int, hidden: int, dim: int):
         super().__init__()
-        self.phi = nn.Sequential(
-            nn.Linear(traj_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, dim)
-        )
+        h = hidden
+        self.phi = nn.Sequential(nn.Linear(traj_dim, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, dim))
         self.psi = nn.Sequential(nn.Linear(post_dim, 256), nn.LayerNorm(256), nn.Tanh(), nn.Linear(256, dim))
         self.W = nn.Parameter(torch.rand(dim, dim))  # U[0, 1) as MAA
 
@@ -272,8 +262,7 @@ def check(step: int, losses: dict, lr_flag: str) -> None:
 
 
 def log(stage: str, step: int, total: int, t0: float, losses: dict, every: int, tracker=None) -> None:
-    """Every `every` steps and at the last (every 0: never): print the stage's progress and hand the same numbers to
-    the tracker as losses/<stage>_<name> (charts/<stage>_<name> for an accuracy) and charts/<stage>_SPS."""
+    """Every `every` steps and at the last (0: never): print progress; log losses/<stage>_<name> and charts/<stage>_SPS."""
     if every and (step % every == 0 or step == total):
         rate, text = step / (time.time() - t0), "  ".join(f"{k} {v:.4g}" for k, v in losses.items())
         print(f"{stage} {step:>6}/{total}  {rate:6.0f} steps/s  {text}", flush=True)
@@ -493,11 +482,8 @@ def plot_latent_pca(ckpt: dict, data_dir, path, per_context: int = 200) -> None:
         if len(sel) == 0:
             continue
         # context kind: the context's condition n times; behaviour kind: one sample per demo trajectory
-        fake = (
-            sample_latents(ckpt, models, C[sel[:1]], len(sel), k)
-            if ckpt["condition"] == "context"
-            else sample_latents(ckpt, models, C[sel], 1, k)
-        )
+        cond, n = (C[sel[:1]], len(sel)) if ckpt["condition"] == "context" else (C[sel], 1)
+        fake = sample_latents(ckpt, models, cond, n, k)
         real, fake = ((Z[sel] - mean) @ V.T).numpy(), ((fake - mean) @ V.T).numpy()
         lab = context_label(ctx) + (" (held out)" if ctx in ckpt["split"]["test"] else "")
         pts = ax.scatter(real[:, 0], real[:, 1], marker="o", alpha=0.35, label=f"{lab} data")
@@ -545,13 +531,11 @@ def main(args: Args) -> dict:
         args = replace(args, noise_dim=args.noise_dim or (4 if kind == "context" else 128))  # the paper's sizes
         sizes = data["policy_sizes"]
         chunks = chunks_of(sizes)
-        print(
-            f"{data['task']}: {int(train.sum())} train / {int((~train).sum())} held-out samples, P = {sum(chunks)}, {kind} condition"
-        )
+        print(f"{data['task']}: {int(train.sum())} train / {int((~train).sum())} held-out samples, P = {sum(chunks)}, {kind}")
         ckpt = {"format": FORMAT, "task": data["task"], "obs_dim": data["obs_dim"], "act_dim": data["act_dim"]}
-        ckpt.update(policy_sizes=sizes)
-        ckpt.update(condition=kind, context_names=data["context_names"], chunks=chunks, latent_dim=args.latent_dim)
-        ckpt.update(noise_dim=args.noise_dim, embedding=None, embed_sizes=None, traj_norm=None, post_norm=None)
+        ckpt.update(policy_sizes=sizes, condition=kind, context_names=data["context_names"], chunks=chunks)
+        ckpt.update(latent_dim=args.latent_dim, noise_dim=args.noise_dim, embedding=None, embed_sizes=None)
+        ckpt.update(traj_norm=None, post_norm=None)
 
         # Stage 1: the parameter autoencoder on params z-scored per feature over the training samples.
         ckpt["param_norm"] = zscore(data["params"][train])
@@ -593,10 +577,8 @@ def main(args: Args) -> dict:
             discriminator={k: v.cpu() for k, v in Fd.state_dict().items()},
             args={k: list(v) if isinstance(v, tuple) else v for k, v in asdict(args).items()},
             data_dir=str(Path(args.data).resolve()),
-            split={
-                "train": [data["contexts"][k] for k in present if labels[k] not in test],
-                "test": [data["contexts"][labels.index(t)] for t in test],
-            },
+            split={"train": [data["contexts"][k] for k in present if labels[k] not in test]}
+            | {"test": [data["contexts"][labels.index(t)] for t in test]},
             summary={  # per context present in the data: sample count, mean condition and mean latent (normalised)
                 "labels": [labels[k] for k in present],
                 "count": [int((ids == k).sum()) for k in present],

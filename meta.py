@@ -28,8 +28,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
+import policy
+import runio
 import tasks
-import td3
 from hyperzero import (
     CondMLP,
     check_checkpoint,
@@ -41,11 +42,11 @@ from hyperzero import (
     load_rollouts,
     split_contexts,
 )
-from tasks import UserError
+from runio import UserError
 
 FORMAT = "cleanhyper-meta-v1"
 MODELS = ("maml", "pearl")
-OUTPUTS = ("meta.pt", "tb")  # what a run writes into --out-dir (tasks.prepare_out_dir)
+OUTPUTS = ("meta.pt", "tb")  # what a run writes into --out-dir (runio.prepare_out_dir)
 CHECKPOINT_KEYS = ("model", "task", "obs_dim", "act_dim", "context_names", "policy_sizes", "embed_dim", "latent_dim")
 CHECKPOINT_KEYS += ("state_dict", "args", "split", "ctx_mean", "ctx_std")
 
@@ -116,7 +117,7 @@ class Args:
 def bc_loss(model, params, c, obs, act):
     """MSE(pi(c, s), a*) of one context with the given parameters: c [C], obs [n, S], act [n, A]."""
     pi, _ = functional_call(model, params, (c[None],))
-    return F.mse_loss(td3.mlp(pi, obs[None]), act[None])
+    return F.mse_loss(policy.mlp(pi, obs[None]), act[None])
 
 
 def maml_adapt(model, params: dict, c, obs, act, steps: int, lr: float, first_order: bool = False) -> dict:
@@ -194,7 +195,7 @@ def pearl_losses(model: Pearl, data: dict, support, query) -> tuple[dict, torch.
     z = mu + var.sqrt() * torch.randn_like(mu)  # reparameterisation
     pi, _ = model(z)
     kl = 0.5 * (var + mu**2 - 1 - var.log()).sum(-1).mean()  # KL(N(mu, var) || N(0, I)), mean over contexts
-    return {"bc": F.mse_loss(td3.mlp(pi, data["obs"][query]), data["action"][query]), "kl": kl}, z
+    return {"bc": F.mse_loss(policy.mlp(pi, data["obs"][query]), data["action"][query]), "kl": kl}, z
 
 
 def build_model(name: str, ctx_dim: int, embed_dim: int, pi_sizes: list[int], latent_dim: int = 8) -> nn.Module:
@@ -208,7 +209,7 @@ def build_model(name: str, ctx_dim: int, embed_dim: int, pi_sizes: list[int], la
 # ---------------------------------------------------------------------------------------------
 def load_checkpoint(path) -> dict:
     file = checkpoint_file(path, "meta.pt")
-    return check_checkpoint(td3.safe_load(file), file, FORMAT, "meta.py", CHECKPOINT_KEYS, checkpoint_model)
+    return check_checkpoint(runio.safe_load(file), file, FORMAT, "meta.py", CHECKPOINT_KEYS, checkpoint_model)
 
 
 def checkpoint_model(ckpt: dict, device="cpu") -> nn.Module:
@@ -283,15 +284,15 @@ def main(args: Args) -> dict:
     positive = ("steps", "learning_rate", "embed_dim", "policy_hidden", "log_interval", "meta_batch", "support_size")
     positive += ("query_size", "inner_lr", "latent_dim")
     nonnegative = ("seed", "torch_threads", "inner_steps", "max_grad_norm", "kl_weight")
-    tasks.check_flags(args, positive, nonnegative)
-    device = td3.resolve_device(args.device)
+    runio.check_flags(args, positive, nonnegative)
+    device = runio.resolve_device(args.device)
     man, arr = load_rollouts(args.rollouts)
     train, test = split_contexts(man, args.test_contexts, args.test_fraction, args.seed)
     n_rows = args.support_size + args.query_size
     least = np.bincount(arr["context_id"], minlength=len(man["contexts"]))[train].min()
     if least < n_rows:
         raise UserError(f"a training context has {least} rows; --support-size + --query-size needs {n_rows}")
-    out = tasks.prepare_out_dir(args.out_dir, OUTPUTS, overwrite=args.overwrite)
+    out = runio.prepare_out_dir(args.out_dir, OUTPUTS, overwrite=args.overwrite)
     torch.manual_seed(args.seed)
     if args.torch_threads:  # 0: torch's default
         torch.set_num_threads(args.torch_threads)
@@ -304,7 +305,7 @@ def main(args: Args) -> dict:
     start_t, count_t, train_t = torch.as_tensor(data["start"]), torch.as_tensor(data["count"]), torch.as_tensor(train)
 
     S, A = man["obs_dim"], man["act_dim"]
-    pi_sizes = td3.layer_sizes(S, list(args.policy_hidden), A)
+    pi_sizes = policy.layer_sizes(S, list(args.policy_hidden), A)
     model = build_model(args.model, len(man["context_names"]), args.embed_dim, pi_sizes, args.latent_dim).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.learning_rate, fused=True)
     cb, n = min(args.meta_batch, len(train)), n_rows  # contexts, rows of each per step
@@ -325,7 +326,7 @@ def main(args: Args) -> dict:
         return parts["bc"] + args.kl_weight * parts["kl"], parts
 
     clip = args.max_grad_norm if args.model == "maml" else 0.0
-    tracker = td3.Tracker(out, args, track=args.track, project=args.wandb_project_name, entity=args.wandb_entity)
+    tracker = runio.Tracker(out, args, track=args.track, project=args.wandb_project_name, entity=args.wandb_entity)
     try:
         history = fit(model, opt, args.steps, batch_loss, lambda: heldout_bc(model, data, test), args.log_interval, clip, tracker)
     finally:
@@ -354,7 +355,7 @@ def main(args: Args) -> dict:
         "steps": args.steps,
         "history": history,
     }
-    td3.atomic_save(ckpt, out / "meta.pt")
+    runio.atomic_save(ckpt, out / "meta.pt")
     print(
         f"wrote {out / 'meta.pt'}  (train bc {final['bc']:.4g}, held-out bc {final['test_bc']}, {final['steps_per_s']:.0f} steps/s)"
     )
@@ -363,4 +364,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    tasks.cli(main, Args)
+    runio.cli(main, Args)

@@ -22,81 +22,20 @@ environments do not pass check_env upstream: the first observation of reset is o
 observation space (MetaWorld 3.1.1, e.g. gym.make("Meta-World/MT1", env_name="reach-v3")); tests/test_tasks.py
 documents it. We use MetaWorld as it is and do not register it.
 
-`make_env` is what every stage calls; `UserError` and `cli` are every stage's error type and entry point.
+`make_env` is what every stage calls. Bad input raises runio.UserError (one line, exit code 2).
 """
 
 from __future__ import annotations
 
 import math
-import shutil
-import sys
-import tempfile
 from pathlib import Path
 
 import gymnasium as gym
 import mujoco
 import numpy as np
-import tyro
 from gymnasium.envs.registration import load_env_creator
 
-
-class UserError(Exception):
-    """Bad input: printed as one line by `cli`, exit code 2."""
-
-
-def cli(main, args_cls) -> None:
-    """Every stage's entry point: parse the flags (tyro turns Args' docstrings into --help), run main, and turn bad
-    input into one line on stderr and exit code 2."""
-    try:
-        main(tyro.cli(args_cls))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
-def check_flags(args, positive=(), nonnegative=(), fraction=()) -> None:
-    """Refuse a bad flag before any work, in one line naming it, what was given and what is valid. Each name is an
-    Args field (a number or a tuple of numbers): `positive` must be finite and > 0, `nonnegative` finite and >= 0,
-    `fraction` in [0, 1]."""
-    rules = [
-        (positive, "> 0", lambda v: v > 0),
-        (nonnegative, ">= 0", lambda v: v >= 0),
-        (fraction, "in [0, 1]", lambda v: 0 <= v <= 1),
-    ]
-    for names, valid, ok in rules:
-        for name in names:
-            value = getattr(args, name)
-            for v in value if isinstance(value, (tuple, list)) else (value,):
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
-                    raise UserError(f"--{name.replace('_', '-')} must be a finite number {valid}, got {value}")
-
-
-def prepare_out_dir(path, outputs: tuple[str, ...], resume: bool = False, overwrite: bool = False) -> Path:
-    """Check --out-dir before any work and create it. It must not be a file, must take a new file, and must not hold
-    an earlier run's outputs (glob patterns) unless --resume continues that run or --overwrite replaces it: then the
-    earlier outputs are removed first, so one directory never mixes two runs' files."""
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out-dir {out} is a file; give a directory (new or from an earlier run of this stage)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=out).close()  # the real test of writability (os.access says yes to root)
-    except OSError as e:
-        raise UserError(f"--out-dir {out} is not writable: {e.strerror}") from None
-    found = sorted({p for pattern in outputs for p in out.glob(pattern)})
-    if found and not resume:
-        if not overwrite:
-            names = ", ".join(p.name for p in found[:3]) + (", ..." if len(found) > 3 else "")
-            raise UserError(
-                f"--out-dir {out} already holds an earlier run ({names}); pass --overwrite to replace it"
-                + (", --resume to continue it" if "checkpoint.pt" in outputs else "")
-                + ", or choose another --out-dir"
-            )
-        for p in found:
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
-        print(f"--overwrite: removed {len(found)} files of the earlier run in {out}")
-    return out
-
+from runio import UserError
 
 # name -> (default, lowest valid, highest valid); the first variable is the one a plain number sets.
 TASKS: dict[str, dict] = {

@@ -19,7 +19,8 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import hyperzero  # noqa: E402
-import td3  # noqa: E402
+import policy  # noqa: E402
+import runio  # noqa: E402
 
 
 @dataclass
@@ -48,8 +49,8 @@ def time_steps(args: Args, per_sample: bool, device) -> float:
     torch.manual_seed(0)
     S, A, cb = args.obs_dim, args.act_dim, args.contexts
     n = args.batch_size // cb
-    pi_sizes = td3.layer_sizes(S, list(args.policy_hidden), A)
-    q_sizes = td3.layer_sizes(S + A, list(args.policy_hidden), 1)
+    pi_sizes = policy.layer_sizes(S, list(args.policy_hidden), A)
+    q_sizes = policy.layer_sizes(S + A, list(args.policy_hidden), 1)
     model = hyperzero.build_model("hyperzero", 1, args.embed_dim, pi_sizes, q_sizes).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)  # as hyperzero.main
     r = lambda *shape: torch.randn(*shape, device=device)
@@ -71,7 +72,7 @@ def time_steps(args: Args, per_sample: bool, device) -> float:
 
 def main(args: Args) -> dict:
     torch.set_num_threads(args.torch_threads)
-    device = td3.resolve_device(args.device)
+    device = runio.resolve_device(args.device)
     ctx = time_steps(args, False, device)
     per = time_steps(args, True, device)
     print(f"hyperzero train step, B={args.batch_size}, {args.contexts} contexts, S={args.obs_dim}, A={args.act_dim}, ", end="")

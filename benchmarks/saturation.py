@@ -1,7 +1,7 @@
 """benchmarks/saturation.py — how saturated each expert's actor is: on its own deterministic episode, the share of
 action components with |a| > --threshold (tanh at its bounds, where the actor's gradient vanishes), with the
 episode's return and success. Used to measure td3.py's remedies for saturating actors (--action-penalty,
---updates-per-step) on MetaWorld tasks where TD3 fails.
+--layer-norm, --sac) on MetaWorld tasks where TD3 fails.
 
     python benchmarks/saturation.py --experts runs/sat/base runs/sat/penalty1
 """
@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere: the stages are one level up
+import policy  # noqa: E402
+import runio  # noqa: E402
 import tasks  # noqa: E402
-import td3  # noqa: E402
 
 
 @dataclass
@@ -35,12 +36,12 @@ def saturation(actions: np.ndarray, threshold: float) -> float:
 
 
 def main(args: Args) -> list[dict]:
-    tasks.check_flags(args, positive=("threshold",), nonnegative=("seed",))
+    runio.check_flags(args, positive=("threshold",), nonnegative=("seed",))
     rows = []
     print(f"{'experts':>28} {'context':>28} {'saturated':>9} {'return':>9} {'success':>7}")
     for d in args.experts:
-        for e in td3.load_experts(d):
-            ep = td3.rollout(tasks.make_env(e["task"], e["context"], args.seed), td3.expert_layers(e), args.seed)
+        for e in policy.load_experts(d):
+            ep = policy.rollout(tasks.make_env(e["task"], e["context"], args.seed), policy.expert_layers(e), args.seed)
             row = {"experts": d, "label": e["label"], "saturated": saturation(ep["actions"], args.threshold)}
             rows.append(row | {"return": ep["return"], "success": ep["success_step"] >= 0 if e["task"] == "metaworld" else None})
             ok = "-" if rows[-1]["success"] is None else str(rows[-1]["success"])
@@ -49,4 +50,4 @@ def main(args: Args) -> list[dict]:
 
 
 if __name__ == "__main__":
-    tasks.cli(main, Args)
+    runio.cli(main, Args)

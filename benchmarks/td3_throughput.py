@@ -4,13 +4,14 @@ One expert-step = one TD3 update (the policy delay included) for one context, wi
 ("update only") one environment step before it. Columns:
   eager        td3.py's TD3 and Replay: K cheetah-vel envs stepped together, one batched update per step
   compiled     the same with --compile (torch.compile of the critic and actor losses; optimiser steps eager)
-  graphed      CUDA only: --compile --cudagraphs (the update replayed as a CUDA graph)
+  graphed      CUDA only: --cudagraphs (torch.compile with mode="reduce-overhead": the losses replayed as CUDA graphs)
   independent  K CleanRL-style learners (nn.Module actor and two critics, their own Adam optimisers and replay),
                run one after another for the same number of steps, as K separate runs would
 All start from a prefilled replay; compile time is spent in the warm-up steps, which are not timed.
 
     python benchmarks/td3_throughput.py --hidden 64 --ks 1 8       # this CPU
     python benchmarks/td3_throughput.py --ks 1 8 32 --steps 200 --device cuda
+    python benchmarks/td3_throughput.py --check-only --device cuda     # compiled (and graphed) update == eager update
 """
 
 import sys
@@ -24,6 +25,8 @@ import torch.nn as nn
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import policy  # noqa: E402
+import runio  # noqa: E402
 import tasks  # noqa: E402
 import td3  # noqa: E402
 
@@ -48,6 +51,10 @@ class Args:
     """also time td3.py's TD3 with --compile (and, on CUDA, --cudagraphs)"""
     skip_independent_above: int = 16
     """do not time the independent learners for K above this (their cost is K x the K = 1 cost)"""
+    modes: tuple[str, ...] = ("update", "env+update")
+    """what one timed step is: 'update' (a TD3 update alone) and/or 'env+update' (td3.py's loop: an env step too)"""
+    check_only: bool = False
+    """only check that the compiled (and on CUDA the graphed) update equals the eager one, then exit (1 if not)"""
 
 
 class Actor(nn.Module):
@@ -140,7 +147,7 @@ def time_batched(k, h, args, device, with_env: bool, compile=False, cudagraphs=F
             t0 = time.perf_counter()
         if with_env:
             with torch.no_grad():
-                a = td3.mlp(agent.actor, torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(1))
+                a = policy.mlp(agent.actor, torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(1))
                 act = (a.squeeze(1).cpu() + 0.1 * torch.randn(k, 6)).clamp(-1, 1).numpy()
             nxt, r, d = step_envs(envs, obs, act)
             rb.add(obs, act, r, nxt, d)
@@ -179,6 +186,37 @@ def time_independent(k, h, args, device, with_env: bool):
     return k * args.steps / total
 
 
+def check_compiled(device, k=8, h=64, updates=20) -> bool:
+    """Eager, compiled and (CUDA) graphed TD3 from one initialisation on the same batches and noise: the same losses
+    and weights after `updates` updates (actor updates every second one), up to float rounding."""
+    kinds = {"compiled": {"compile": True}} | ({"graphed": {"cudagraphs": True}} if device.type == "cuda" else {})
+    hyper = {"gamma": 0.99, "tau": 0.005, "policy_noise": 0.2, "noise_clip": 0.5}
+    agents = {}
+    for name, opts in {"eager": {}, **kinds}.items():
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        agents[name] = td3.TD3(k, 17, 6, (h, h), 3e-4, device, **opts)
+    gen = torch.Generator(device=device).manual_seed(1)
+    rand = lambda *shape: torch.randn(*shape, device=device, generator=gen)  # noqa: E731
+    ok = True
+    for it in range(updates):
+        batch = (rand(k, 256, 17), rand(k, 256, 6).tanh(), rand(k, 256), rand(k, 256, 17), torch.zeros(k, 256, device=device))
+        noise = rand(k, 256, 6) * 0.2
+        losses = {name: a.update(batch, it % 2 == 1, **hyper, noise=noise) for name, a in agents.items()}
+        for name in kinds:
+            ok &= all(np.isclose(losses[name][n], v, rtol=1e-4, atol=1e-5) for n, v in losses["eager"].items())
+    for name in kinds:
+        diff = max(
+            (x.detach() - y.detach()).abs().max().item()
+            for net in ("actor", "critic")
+            for x, y in zip(policy.tensors(agents["eager"].networks()[net]), policy.tensors(agents[name].networks()[net]))
+        )
+        ok &= diff < 1e-4
+        print(f"check: {name} update vs eager after {updates} updates (K={k}, hidden {h}): max |weight difference| {diff:.2e}")
+    print(f"check: {'PASS' if ok else 'FAIL'} (losses within rtol 1e-4, weights within 1e-4)", flush=True)
+    return ok
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -189,18 +227,21 @@ def main(args: Args) -> dict:
         torch.set_num_threads(args.torch_threads)
     torch.manual_seed(0)
     np.random.seed(0)
-    device = td3.resolve_device(args.device)
+    device = runio.resolve_device(args.device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} torch thread(s)"
     print(f"device: {name}; batch {args.batch_size}; {args.steps} timed steps per configuration; cheetah-vel envs")
+    if args.check_only:
+        raise SystemExit(0 if check_compiled(device) else 1)
     kinds = ["eager"] + (["compiled"] if args.compile else []) + (["graphed"] if args.compile and device.type == "cuda" else [])
     kinds += ["independent"]
-    cols = [f"{mode[:6]}:{kind[:8]}" for mode in ("update", "env+up") for kind in kinds]
+    modes = [(m == "env+update", m) for m in ("update", "env+update") if m in args.modes]
+    cols = [f"{mode[:6]}:{kind[:8]}" for _, mode in modes for kind in kinds]
     print(f"{'hidden':>6} {'K':>4} " + " ".join(f"{c:>15}" for c in cols) + f" {'compiled/eager':>15} {'eager/indep':>12}")
     rows = []
     for h in args.hidden:
         for k in args.ks:
             row = {"hidden": h, "k": k}
-            for with_env, mode in ((False, "update"), (True, "env+update")):
+            for with_env, mode in modes:
                 for kind in kinds:
                     if kind == "independent":
                         v = time_independent(k, h, args, device, with_env) if k <= args.skip_independent_above else float("nan")
@@ -208,9 +249,10 @@ def main(args: Args) -> dict:
                         v = time_batched(k, h, args, device, with_env, kind != "eager", kind == "graphed")
                     row[f"{mode} {kind}"] = v
             rows.append(row)
-            vals = [row[f"{m} {kind}"] for m in ("update", "env+update") for kind in kinds]
-            ratio = row.get("env+update compiled", float("nan")) / row["env+update eager"]
-            indep = row["env+update eager"] / row["env+update independent"]
+            vals = [row[f"{m} {kind}"] for _, m in modes for kind in kinds]
+            last = modes[-1][1]
+            ratio = row.get(f"{last} compiled", float("nan")) / row[f"{last} eager"]
+            indep = row[f"{last} eager"] / row[f"{last} independent"]
             print(f"{h:>6} {k:>4} " + " ".join(f"{v:>15.0f}" for v in vals) + f" {ratio:>15.2f} {indep:>12.2f}", flush=True)
     print("(aggregate expert-steps/s over K contexts: TD3 updates, with an environment step each in env+up)")
     return {"device": name, "rows": rows}

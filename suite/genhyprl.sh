@@ -30,7 +30,7 @@ SEEN="window-open-v3 door-open-v3 drawer-open-v3 dial-turn-v3 plate-slide-v3 but
 UNSEEN="drawer-close-v3 handle-press-side-v3 door-lock-v3 window-close-v3 reach-wall-v3 coffee-button-v3 button-press-wall-v3 faucet-open-v3"
 RECIPE="--hidden 64 64 --sac --keep-best --eval-interval 10000 --eval-episodes 1 --snapshot-interval 2000 --snapshot-start 40000"
 stage() { $PY "$@" --torch-threads "$THREADS"; }
-failed() { $PY -c "import sys, td3; print(*[e['label'] for e in td3.load_experts(sys.argv[1:]) if e['eval_success'] < 0.8])" "$@"; }
+failed() { $PY -c "import sys, policy; print(*[e['label'] for e in policy.load_experts(sys.argv[1:]) if e['eval_success'] < 0.8])" "$@"; }
 # One expert run into $1, its contexts and seed in the other arguments; resumed (bit-exact) where it has a checkpoint.
 train() { d=$1; shift; again=--overwrite; [ -f "$d/checkpoint.pt" ] && again=--resume
   stage td3.py --task metaworld "$@" --learning-starts 5000 $RECIPE --checkpoint-interval 20000 --log-interval 5000 \

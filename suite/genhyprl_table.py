@@ -24,9 +24,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere: the stages are one level up
 
 import evaluate  # noqa: E402
-import tasks  # noqa: E402
-import td3  # noqa: E402
-from tasks import UserError  # noqa: E402
+import runio  # noqa: E402
+from runio import UserError  # noqa: E402
 
 GENERATORS = ("hyplatent", "hypformer")
 # The paper's Table 2 (% success, 100 generated policies per task): without HypFormer (HypLatent alone) and with it
@@ -97,9 +96,9 @@ def main(args: Args) -> str:
             lines.append(f"| {m} | {split} | {len(labels)} | {cell(rows, m, labels)} |")
     text = "\n".join(lines)
     print(text)
-    td3.atomic_save(text + "\n", d / "genhyprl_table.md")
+    runio.atomic_save(text + "\n", d / "genhyprl_table.md")
     return text
 
 
 if __name__ == "__main__":
-    tasks.cli(main, Args)
+    runio.cli(main, Args)

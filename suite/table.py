@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere: tasks.py is one level up
 
-import tasks  # noqa: E402
-from tasks import UserError  # noqa: E402
+import runio  # noqa: E402
+from runio import UserError  # noqa: E402
 
 FAMILIES = ("cheetah-speed", "cheetah-length", "cheetah-both", "walker-speed", "walker-length")
 METHODS = ("expert", "random", "hyperzero", "hyperzero-no-td", "hyperzero-no-q", "mlp", "mlp-q-td", "maml", "pearl")
@@ -126,4 +126,4 @@ def main(args: Args) -> str:
 
 
 if __name__ == "__main__":
-    tasks.cli(main, Args)
+    runio.cli(main, Args)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-import td3
+import runio
 
 S, A = 4, 2
 M0 = np.array([[1.0, -0.5, 0.3, 0.0], [0.2, 0.8, -0.6, 0.4]], np.float32)  # [A, S]
@@ -32,7 +32,7 @@ def write_linear_rollouts(root, goals, rows, seed, reward, terminal: bool) -> tu
         "episode": np.repeat(np.arange(len(goals)), rows).astype(np.int64),
     }
     for k, v in arrays.items():
-        td3.atomic_save(v, root / f"{k}.npy")
+        runio.atomic_save(v, root / f"{k}.npy")
     man = {"format": "cleanhyper-rollouts-v1", "task": "cheetah-vel", "context_names": ["goal"], "obs_dim": S, "act_dim": A}
     man |= {"contexts": [{"goal": float(x)} for x in goals], "gamma": 0.99, "counts": {"rows": n, "contexts": len(goals)}}
     (root / "manifest.json").write_text(json.dumps(man))

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 import collect
+import policy
+import runio
 import tasks
-import td3
-from tasks import UserError
+from runio import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = {"obs": 2, "action": 2, "reward": 1, "next_obs": 2, "terminated": 1, "q": 1, "context": 2, "context_id": 1, "episode": 1}
@@ -59,14 +60,14 @@ def test_arrays_shapes_dtypes_manifest(rollouts, tiny_experts):
     assert not a["terminated"].any()  # cheetah-vel only truncates
     same_ep = a["episode"][1:] == a["episode"][:-1]  # s' of row t is s of row t+1 inside an episode
     np.testing.assert_array_equal(a["next_obs"][:-1][same_ep], a["obs"][1:][same_ep])
-    experts = {e["label"]: e for e in td3.load_experts(tiny_experts)}
+    experts = {e["label"]: e for e in policy.load_experts(tiny_experts)}
     assert [e["expert_eval_return"] for e in man["experts"]] == [experts[k]["eval_return"] for k in ("goal_0.5", "goal_2")]
 
 
 def test_actions_and_q_equal_expert_recomputed(rollouts, tiny_experts):
     out, _ = rollouts
     a = load(out)
-    for i, e in enumerate(td3.load_experts(tiny_experts)):
+    for i, e in enumerate(policy.load_experts(tiny_experts)):
         rows = a["context_id"] == i
         s = torch.from_numpy(a["obs"][rows])
         pi = plain_mlp(e["actor"], s)
@@ -80,9 +81,9 @@ def test_actions_and_q_equal_expert_recomputed(rollouts, tiny_experts):
 def test_returns_match_evaluate_policy_and_reward_rows(rollouts, tiny_experts):
     out, _ = rollouts
     a, man = load(out), json.loads((out / "manifest.json").read_text())
-    for i, e in enumerate(td3.load_experts(tiny_experts)):
+    for i, e in enumerate(policy.load_experts(tiny_experts)):
         # the documented seeds: episode e of expert i resets with seed + 10000 i + e
-        ev = td3.evaluate_policy("cheetah-vel", e["context"], td3.expert_layers(e), 2, 3 + 10_000 * i)
+        ev = policy.evaluate_policy("cheetah-vel", e["context"], policy.expert_layers(e), 2, 3 + 10_000 * i)
         assert man["experts"][i]["return_mean"] == pytest.approx(ev["return_mean"], rel=1e-9)
         per_ep = [a["reward"][a["episode"] == 2 * i + k].astype(np.float64).sum() for k in range(2)]
         np.testing.assert_allclose(per_ep, ev["returns"], rtol=1e-5)
@@ -106,7 +107,7 @@ def test_behaviour_files(rollouts, tiny_experts):
     b, a = load(out, "behaviour"), load(out)
     bman = json.loads((out / "behaviour" / "manifest.json").read_text())
     S, A, sizes = 17, 6, [17, 16, 16, 6]
-    P = td3.n_params(sizes)
+    P = policy.n_params(sizes)
     steps = np.load(tiny_experts / "snapshot_steps.npy")
     np.testing.assert_array_equal(steps, [200, 300, 400])
     M = 2 * (len(steps) + 1)  # every snapshot and the final actor, per context
@@ -117,10 +118,10 @@ def test_behaviour_files(rollouts, tiny_experts):
     np.testing.assert_array_equal(b["param_step"], [200, 300, 400, 400] * 2)
     np.testing.assert_array_equal(b["param_context"][:, 0], [0.5] * 4 + [2.0] * 4)
     assert np.isnan(b["param_success"]).all() and (b["post_success_step"] == -1).all()  # cheetah-vel: no success
-    for i, e in enumerate(td3.load_experts(tiny_experts)):
+    for i, e in enumerate(policy.load_experts(tiny_experts)):
         rows = np.flatnonzero(b["param_context_id"] == i)
         np.testing.assert_array_equal(b["params"][rows[:-1]], np.load(tiny_experts / f"snapshots_{e['label']}.npy"))
-        np.testing.assert_array_equal(b["params"][rows[-1]], td3.flatten_layers(td3.expert_layers(e))[0].numpy())
+        np.testing.assert_array_equal(b["params"][rows[-1]], policy.flatten_layers(policy.expert_layers(e))[0].numpy())
         # the final actor's behaviour episode is the rollout set's episode 0 of that context (same reset seed)
         ep = a["episode"] == 2 * i
         obs, act, nxt = a["obs"][ep], a["action"][ep], a["next_obs"][ep]
@@ -152,13 +153,13 @@ def test_metaworld_success_and_empty_context(tmp_path):
     env = tasks.make_env("metaworld", {"env_name": "reach-v3", "goal_seed": 1})
     S, A = env.observation_space.shape[0], env.action_space.shape[0]
     torch.manual_seed(0)
-    flat = lambda sizes: [t[0] for W_b in td3.init_layers(1, sizes) for t in W_b]
+    flat = lambda sizes: [t[0] for W_b in policy.init_layers(1, sizes) for t in W_b]
     ctx = {"env_name": "reach-v3", "goal_seed": 1}
     expert = {"task": "metaworld", "context": ctx, "context_names": [], "context_vector": [], "label": "reach-v3"}
     expert |= {"obs_dim": S, "act_dim": A, "hidden": [8], "actor": flat([S, 8, A]), "critic1": flat([S + A, 8, 1])}
     expert |= {"critic2": flat([S + A, 8, 1]), "step": 50, "eval_return": 0.0, "gamma": 0.99}
-    td3.atomic_save(expert, tmp_path / "experts" / "expert_reach-v3.pt")
-    snaps = td3.flatten_layers(td3.init_layers(1, [S, 8, A])).numpy()
+    runio.atomic_save(expert, tmp_path / "experts" / "expert_reach-v3.pt")
+    snaps = policy.flatten_layers(policy.init_layers(1, [S, 8, A])).numpy()
     np.save(tmp_path / "experts" / "snapshots_reach-v3.npy", snaps)
     np.save(tmp_path / "experts" / "snapshot_steps.npy", np.array([25]))
     run(tmp_path / "experts", tmp_path / "out", episodes=1)
@@ -172,17 +173,17 @@ def test_metaworld_success_and_empty_context(tmp_path):
 def corrupt_copy(src, dst, **changes):
     shutil.copytree(src, dst)
     f = sorted(dst.glob("expert_*.pt"))[-1]
-    e = td3.safe_load(f)
+    e = runio.safe_load(f)
     e.update(changes)
-    td3.atomic_save(e, f)
+    runio.atomic_save(e, f)
     return dst
 
 
 def with_obs_dim(n: int) -> dict:
-    """An expert file's entries for another observation size, consistent in themselves (td3.load_experts checks each
+    """An expert file's entries for another observation size, consistent in themselves (policy.load_experts checks each
     file's tensors against its sizes first): actor [n, 16, 16, 6], critics [n + 6, 16, 16, 1]."""
     torch.manual_seed(0)
-    flat = lambda sizes: [t[0] for layer in td3.init_layers(1, sizes) for t in layer]  # noqa: E731
+    flat = lambda sizes: [t[0] for layer in policy.init_layers(1, sizes) for t in layer]  # noqa: E731
     critic = [n + 6, 16, 16, 1]
     return {"obs_dim": n, "actor": flat([n, 16, 16, 6]), "critic1": flat(critic), "critic2": flat(critic)}
 
@@ -210,14 +211,14 @@ def test_empty_and_missing_dir_refused(tmp_path):
 
 def test_failure_leaves_no_complete_looking_set(rollouts, tiny_experts, tmp_path, monkeypatch):
     shutil.copytree(rollouts[0], tmp_path / "out")  # a previous complete set, being overwritten
-    save = td3.atomic_save
+    save = runio.atomic_save
 
     def failing(obj, path):
         if Path(path).name == "q.npy":
             raise OSError("disk full")
         save(obj, path)
 
-    monkeypatch.setattr(td3, "atomic_save", failing)
+    monkeypatch.setattr(runio, "atomic_save", failing)
     with pytest.raises(OSError):
         run(tiny_experts, tmp_path / "out", overwrite=True)
     assert not (tmp_path / "out" / "manifest.json").exists() and not (tmp_path / "out" / "behaviour" / "manifest.json").exists()
@@ -286,7 +287,7 @@ def truncate(path):
 
 def edit_expert(change):
     def edit(d):
-        td3.atomic_save(change(td3.safe_load(d / "expert_goal_2.pt")), d / "expert_goal_2.pt")
+        runio.atomic_save(change(runio.safe_load(d / "expert_goal_2.pt")), d / "expert_goal_2.pt")
 
     return edit
 
@@ -299,8 +300,8 @@ def edit_npy(name, change):
 
 
 FILE_CASES = {  # name -> (an edit of a copy of tiny_experts, the message: what is wrong, naming the file)
-    "pt holding a list": (lambda d: td3.atomic_save([1, 2], d / "expert_goal_2.pt"), r"expert_goal_2.pt"),
-    "pt holding only actor": (lambda d: td3.atomic_save({"actor": []}, d / "expert_goal_2.pt"), r"expert_goal_2.pt"),
+    "pt holding a list": (lambda d: runio.atomic_save([1, 2], d / "expert_goal_2.pt"), r"expert_goal_2.pt"),
+    "pt holding only actor": (lambda d: runio.atomic_save({"actor": []}, d / "expert_goal_2.pt"), r"expert_goal_2.pt"),
     "truncated pt": (lambda d: truncate(d / "expert_goal_2.pt"), r"cannot load .*expert_goal_2.pt"),
     "actor of other sizes": (
         edit_expert(lambda e: e | {"hidden": [16, 8]}),

@@ -13,8 +13,9 @@ import torch
 
 import evaluate
 import hyperzero
+import policy
+import runio
 import tasks
-import td3
 from synthetic import write_linear_rollouts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,8 +32,8 @@ def test_experts_only_rows_and_normalisation(tiny_experts, tmp_path):
         assert r["success_rate"] is None and r["heldout"] is None  # no approximator: nobody held anything out
         assert r["normalized"] == pytest.approx(1.0 if r["method"] == "expert" else 0.0)
     # the expert row is the deterministic rollout of the expert with the same seeds
-    e = td3.load_experts(tiny_experts)[0]
-    direct = td3.evaluate_policy("cheetah-vel", e["context"], td3.expert_layers(e), 2, 3)
+    e = policy.load_experts(tiny_experts)[0]
+    direct = policy.evaluate_policy("cheetah-vel", e["context"], policy.expert_layers(e), 2, 3)
     row = next(r for r in rows if r["method"] == "expert" and r["label"] == e["label"])
     assert row["return_mean"] == pytest.approx(direct["return_mean"])
     for f in ("results.csv", "summary.json", "returns.png", "normalized.png"):
@@ -41,8 +42,8 @@ def test_experts_only_rows_and_normalisation(tiny_experts, tmp_path):
 
 def test_random_baseline_is_seeded_and_near_zero_velocity():
     (ctx,) = tasks.parse_contexts("cheetah-vel", ["2.0"])
-    a = td3.evaluate_policy("cheetah-vel", ctx, None, 2, 5)  # layers None: uniform-random actions
-    b = td3.evaluate_policy("cheetah-vel", ctx, None, 2, 5)
+    a = policy.evaluate_policy("cheetah-vel", ctx, None, 2, 5)  # layers None: uniform-random actions
+    b = policy.evaluate_policy("cheetah-vel", ctx, None, 2, 5)
     assert a == b and a["returns"][0] != a["returns"][1]
     # a random cheetah barely moves: about -|goal| per step, minus the control cost of U(-1,1)^6 (0.05 * 6/3)
     assert -2.4 * 200 < a["return_mean"] < -1.6 * 200
@@ -120,13 +121,13 @@ def test_mixed_tasks_refused(tiny_experts, tmp_path):
     for f in Path(tiny_experts).glob("expert_*.pt"):
         (mixed / f.name).write_bytes(f.read_bytes())
     torch.save({**e, "task": "cheetah-run", "label": "speed_2_length_0.5"}, mixed / "expert_speed_2_length_0.5.pt")
-    with pytest.raises(tasks.UserError, match="differ in task"):  # td3.load_experts refuses the mixed shards
+    with pytest.raises(runio.UserError, match="differ in task"):  # policy.load_experts refuses the mixed shards
         evaluate.main(evaluate.Args(experts=(str(mixed),), out_dir=str(tmp_path / "x")))
     # experts of one task, a policy of another
     root, _ = write_linear_rollouts(tmp_path / "r", [0.5, 1.0], 50, 0, reward=lambda obs, g: obs.sum(1), terminal=True)
     ckpt = hyperzero.main(hyperzero.Args(rollouts=str(root), out_dir=str(tmp_path / "h"), steps=1, embed_dim=8))["ckpt"]
-    td3.atomic_save({**ckpt, "task": "cheetah-run"}, tmp_path / "run" / "hyperzero.pt")
-    with pytest.raises(tasks.UserError, match="different tasks"):
+    runio.atomic_save({**ckpt, "task": "cheetah-run"}, tmp_path / "run" / "hyperzero.pt")
+    with pytest.raises(runio.UserError, match="different tasks"):
         evaluate.main(evaluate.Args(experts=(str(tiny_experts),), policies=(str(tmp_path / "run"),), out_dir=str(tmp_path / "x")))
     assert not (tmp_path / "x").exists()
 
@@ -258,12 +259,12 @@ def test_save_figure_is_atomic(tmp_path):
     import matplotlib.pyplot as plt
 
     fig, _ = plt.subplots()
-    td3.save_figure(fig, tmp_path / "a.png")
+    runio.save_figure(fig, tmp_path / "a.png")
     assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG" and [p.name for p in tmp_path.iterdir()] == ["a.png"]
     (tmp_path / "b.png").write_bytes(b"earlier")
     fig, _ = plt.subplots()
     with pytest.raises(ValueError):  # a format matplotlib cannot write: the earlier file stays, no temp file is left
-        td3.save_figure(fig, tmp_path / "b.nosuchformat")
+        runio.save_figure(fig, tmp_path / "b.nosuchformat")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png"]
 
 
@@ -286,7 +287,7 @@ if not torch.cuda.is_available():
 
 @pytest.mark.parametrize("kw, message", FLAG_CASES, ids=[",".join(kw) for kw, _ in FLAG_CASES])
 def test_bad_flags_refused_before_any_work(tiny_experts, tmp_path, kw, message):
-    with pytest.raises(tasks.UserError, match=message):
+    with pytest.raises(runio.UserError, match=message):
         evaluate.main(evaluate.Args(experts=(str(tiny_experts),), out_dir=str(tmp_path / "out"), **kw))
     assert not (tmp_path / "out").exists()
 
@@ -300,15 +301,15 @@ def test_policies_that_are_not_ours(tmp_path):
         "meta_incomplete": ({"format": "cleanhyper-meta-v1", "model": "maml"}, "incomplete meta.py checkpoint: no task"),
     }  # fmt: skip
     for name, (obj, message) in cases.items():
-        td3.atomic_save(obj, d / name / "model.pt")
-        with pytest.raises(tasks.UserError, match=message) as e:
+        runio.atomic_save(obj, d / name / "model.pt")
+        with pytest.raises(runio.UserError, match=message) as e:
             evaluate.main(evaluate.Args(policies=(str(d / name),), out_dir=str(tmp_path / "out")))
         assert "\n" not in str(e.value)
     (d / "truncated").mkdir()
     (d / "truncated" / "hyperzero.pt").write_bytes(b"PK\x03\x04 not a whole zip")
-    with pytest.raises(tasks.UserError, match="cannot load .*hyperzero.pt"):
+    with pytest.raises(runio.UserError, match="cannot load .*hyperzero.pt"):
         evaluate.main(evaluate.Args(policies=(str(d / "truncated"),), out_dir=str(tmp_path / "out")))
-    with pytest.raises(tasks.UserError, match="lists .* twice"):
+    with pytest.raises(runio.UserError, match="lists .* twice"):
         evaluate.main(evaluate.Args(policies=(str(d / "list"), str(d / "list") + "/"), out_dir=str(tmp_path / "out")))
     assert not (tmp_path / "out").exists()
 
@@ -316,11 +317,11 @@ def test_policies_that_are_not_ours(tmp_path):
 def test_out_dir_a_file_or_an_earlier_run(tiny_experts, tmp_path):
     args = dict(experts=(str(tiny_experts),), episodes=1, bootstrap_reps=10)
     (tmp_path / "file").write_text("x")
-    with pytest.raises(tasks.UserError, match="is a file"):
+    with pytest.raises(runio.UserError, match="is a file"):
         evaluate.main(evaluate.Args(out_dir=str(tmp_path / "file"), **args))
     evaluate.main(evaluate.Args(out_dir=str(tmp_path / "ev"), **args))
     before = (tmp_path / "ev" / "results.json").read_text()
-    with pytest.raises(tasks.UserError, match="already holds an earlier run .*--overwrite"):
+    with pytest.raises(runio.UserError, match="already holds an earlier run .*--overwrite"):
         evaluate.main(evaluate.Args(out_dir=str(tmp_path / "ev"), seed=2, **args))
     assert (tmp_path / "ev" / "results.json").read_text() == before
     evaluate.main(evaluate.Args(out_dir=str(tmp_path / "ev"), seed=2, overwrite=True, **args))

@@ -13,9 +13,10 @@ import torch
 
 import collect
 import hyperzero
-import td3
+import policy
+import runio
+from runio import UserError
 from synthetic import M0, M1, A, S, write_linear_rollouts
-from tasks import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,7 +55,7 @@ def test_generated_shapes_and_mlp_equals_nn_sequential():
     ]
     assert [tuple(W.shape) for W, _ in q] == [(3, i, o) for i, o in zip(q_sizes[:-1], q_sizes[1:])]
     x = torch.randn(3, 10, S)
-    got = td3.mlp(pi, x)
+    got = policy.mlp(pi, x)
     for k in range(3):
         lins = [torch.nn.Linear(W.shape[1], W.shape[2]) for W, _ in pi]
         with torch.no_grad():
@@ -120,7 +121,7 @@ def test_hyperzero_zero_shot_known_answer(synth, tmp_path):
     true = torch.tanh(
         torch.einsum("kas,kns->kna", torch.from_numpy(M0)[None] + torch.tensor([1.25, 2.25])[:, None, None] * M1, obs)
     )
-    mse = ((td3.mlp(layers, obs) - true) ** 2).mean().item()
+    mse = ((policy.mlp(layers, obs) - true) ** 2).mean().item()
     constant = ((true - true.mean((0, 1))) ** 2).mean().item()  # best constant predictor, even given the test actions
     print(f"held-out MSE {mse:.2e} vs constant {constant:.3f}; logged held-out bc {res['test_bc']:.2e}")
     assert mse < 0.005 and mse < 0.02 * constant  # stated error: 0.005 (measured ~1e-4 at 600 steps)
@@ -137,8 +138,8 @@ def test_generate_policies_mlp_equals_concat_forward(synth, tmp_path):
     model.load_state_dict(ckpt["state_dict"])
     c = (torch.tensor([[1.5], [0.25], [2.9]]) - torch.tensor(ckpt["ctx_mean"])) / torch.tensor(ckpt["ctx_std"])
     x = torch.randn(3, 20, S)
-    torch.testing.assert_close(td3.mlp(layers, x), model.act(c, x), atol=1e-6, rtol=1e-5)
-    assert not torch.allclose(td3.mlp(layers, x)[0], td3.mlp(layers, x)[1])  # the context matters
+    torch.testing.assert_close(policy.mlp(layers, x), model.act(c, x), atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(policy.mlp(layers, x)[0], policy.mlp(layers, x)[1])  # the context matters
 
 
 @pytest.mark.parametrize("name", sorted(hyperzero.MODELS))
@@ -187,7 +188,7 @@ def test_real_pipeline_collect_then_train(tiny_experts, tmp_path):
     )
     assert res["split"] == {"train": [{"goal": 0.5}], "test": [{"goal": 2.0}]} and math.isfinite(res["test_bc"])
     layers = hyperzero.generate_policies(hyperzero.load_checkpoint(tmp_path / "h" / "hyperzero.pt"), [{"goal": 1.0}])
-    ev = td3.evaluate_policy("cheetah-vel", {"goal": 1.0}, layers, 1, 0)  # the generated form runs in the environment
+    ev = policy.evaluate_policy("cheetah-vel", {"goal": 1.0}, layers, 1, 0)  # the generated form runs in the environment
     assert math.isfinite(ev["return_mean"])
 
 
@@ -209,7 +210,7 @@ def test_error_paths(synth, tmp_path):
     for bad in ({"speed": 1.0}, {"goal": 1.0, "length": 0.5}):
         with pytest.raises(UserError, match="context variables"):
             hyperzero.generate_policies(ckpt, [bad])
-    td3.atomic_save({"format": "something-else"}, tmp_path / "other.pt")
+    runio.atomic_save({"format": "something-else"}, tmp_path / "other.pt")
     with pytest.raises(UserError, match="not a hyperzero.py checkpoint"):
         hyperzero.load_checkpoint(tmp_path / "other.pt")
 
@@ -235,7 +236,7 @@ def test_meta_models_refused_with_a_pointer_to_meta_py(synth, tmp_path):
     assert not (tmp_path / "hyperzero.pt").exists()
     # a checkpoint an older hyperzero.py wrote with --model maml (same format name): one line saying to retrain
     ckpt = hyperzero.main(small(synth, tmp_path / "ok", steps=1))["ckpt"]
-    td3.atomic_save({**ckpt, "model": "pearl"}, tmp_path / "old.pt")
+    runio.atomic_save({**ckpt, "model": "pearl"}, tmp_path / "old.pt")
     with pytest.raises(UserError, match="old hyperzero.py --model pearl checkpoint: retrain it with meta.py --model pearl"):
         hyperzero.load_checkpoint(tmp_path / "old.pt")
 
@@ -379,7 +380,7 @@ def test_checkpoints_that_are_not_ours(synth, tmp_path):
         "split.pt": ({**ckpt, "split": {"train": "goal"}}, "split.pt is a damaged checkpoint"),
     }  # fmt: skip
     for name, (obj, message) in cases.items():
-        td3.atomic_save(obj, tmp_path / name)
+        runio.atomic_save(obj, tmp_path / name)
         with pytest.raises(UserError, match=message) as e:
             hyperzero.load_checkpoint(tmp_path / name)
         assert "\n" not in str(e.value)

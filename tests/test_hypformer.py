@@ -10,9 +10,10 @@ import torch.nn.functional as F
 
 import hypformer
 import hyplatent
+import policy
+import runio
 import tasks
-import td3
-from tasks import UserError
+from runio import UserError
 from test_hyplatent import mw_data, scalars, tiny_args, truncate, vel_data
 
 
@@ -80,7 +81,7 @@ def test_main_checkpoint_stands_alone_and_generates_deterministically(tmp_path):
     layers = hypformer.generate_policies(ck, contexts, n=2, seed=1)
     assert [tuple(W.shape) for W, _ in layers] == [(6, 17, 8), (6, 8, 8), (6, 8, 6)]
     assert [tuple(b.shape) for _, b in layers] == [(6, 1, 8), (6, 1, 8), (6, 1, 6)]
-    act = td3.mlp(layers, torch.randn(6, 4, 17))
+    act = policy.mlp(layers, torch.randn(6, 4, 17))
     assert torch.isfinite(act).all() and act.abs().max() <= 1
     again = hypformer.generate_policies(ck, contexts, n=2, seed=1)
     assert all(torch.equal(a, b) for la, lb in zip(layers, again) for a, b in zip(la, lb))
@@ -148,7 +149,7 @@ def broken_hyplatent(hl_dir, d, change=None) -> dict:
     if change is None:
         (d / "x" / "hyplatent.pt").write_bytes((hl_dir / "hyplatent.pt").read_bytes()[:2000])
     else:
-        td3.atomic_save(change(torch.load(hl_dir / "hyplatent.pt", weights_only=True)), d / "x" / "hyplatent.pt")
+        runio.atomic_save(change(torch.load(hl_dir / "hyplatent.pt", weights_only=True)), d / "x" / "hyplatent.pt")
     return {"hyplatent": str(d / "x")}
 
 
@@ -217,7 +218,7 @@ def test_checkpoints_that_are_not_hypformer_ones(hl_dir, tmp_path):
         "damaged hyplatent part": (ck | {"hyplatent": ck["hyplatent"] | {"latent_dim": 8}}, r"damaged HypFormer checkpoint"),
     }
     for name, (obj, msg) in cases.items():
-        td3.atomic_save(obj, tmp_path / f"{name}.pt")
+        runio.atomic_save(obj, tmp_path / f"{name}.pt")
         with pytest.raises(UserError, match=msg):
             hypformer.load_checkpoint(tmp_path / f"{name}.pt")
 

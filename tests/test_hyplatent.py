@@ -9,9 +9,11 @@ import pytest
 import torch
 
 import hyplatent
+import policy
+import runio
 import tasks
 import td3
-from tasks import UserError
+from runio import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,7 +64,7 @@ def vel_data(tmp_path, sizes=(17, 8, 8, 6), per=10, seed=0):
     contexts = tasks.parse_contexts("cheetah-vel", ["0.5", "1.5", "2.5"])
     g = torch.Generator().manual_seed(seed)
     cid = np.repeat(np.arange(3), per)
-    base = torch.randn(3, td3.n_params(list(sizes)), generator=g) * 0.3
+    base = torch.randn(3, policy.n_params(list(sizes)), generator=g) * 0.3
     params = base[cid] + 0.03 * torch.randn(len(cid), base.shape[1], generator=g)
     return write_behaviour_data(tmp_path / "vel", "cheetah-vel", contexts, list(sizes), params.numpy(), cid, seed=seed)
 
@@ -72,7 +74,7 @@ def mw_data(tmp_path, sizes=(39, 8, 8, 4), per=8, seed=0):
     contexts = [{"env_name": n, "goal_seed": 1} for n in ("reach-v3", "door-open-v3")]
     g = torch.Generator().manual_seed(seed)
     cid = np.repeat(np.arange(2), per)
-    params = torch.randn(len(cid), td3.n_params(list(sizes)), generator=g) * 0.3
+    params = torch.randn(len(cid), policy.n_params(list(sizes)), generator=g) * 0.3
     return write_behaviour_data(tmp_path / "mw", "metaworld", contexts, list(sizes), params.numpy(), cid, seed=seed)
 
 
@@ -82,10 +84,10 @@ def mw_data(tmp_path, sizes=(39, 8, 8, 4), per=8, seed=0):
 def test_chunks_are_first_layer_then_rest():
     assert hyplatent.chunks_of([39, 128, 128, 4])[0] == 5120  # MAA's first chunk: Linear(39, 128) with its bias
     sizes = [17, 16, 16, 6]
-    assert hyplatent.chunks_of(sizes) == [17 * 16 + 16, td3.n_params(sizes) - 17 * 16 - 16]
-    layers = td3.init_layers(2, sizes)
+    assert hyplatent.chunks_of(sizes) == [17 * 16 + 16, policy.n_params(sizes) - 17 * 16 - 16]
+    layers = policy.init_layers(2, sizes)
     first = hyplatent.chunks_of(sizes)[0]
-    assert torch.equal(td3.flatten_layers(layers)[:, :first], td3.flatten_layers(layers[:1]))  # W0, b0 lead the flat vector
+    assert torch.equal(policy.flatten_layers(layers)[:, :first], policy.flatten_layers(layers[:1]))  # W0, b0 lead the flat vector
 
 
 def test_autoencoder_round_trip_on_real_actor_parameters(tmp_path):
@@ -106,15 +108,15 @@ def test_autoencoder_round_trip_on_real_actor_parameters(tmp_path):
             checkpoint_interval=0,
         )
     )
-    expert = td3.load_experts(tmp_path / "e")[0]
-    sizes = td3.layer_sizes(17, [16, 16], 6)
+    expert = policy.load_experts(tmp_path / "e")[0]
+    sizes = policy.layer_sizes(17, [16, 16], 6)
     real = torch.cat(
         [
             torch.from_numpy(np.load(tmp_path / "e" / "snapshots_goal_1.npy")),
-            td3.flatten_layers(td3.expert_layers(expert)),
+            policy.flatten_layers(policy.expert_layers(expert)),
         ]
     )  # [5, P]: 4 snapshots + the final actor
-    fresh = td3.flatten_layers(td3.init_layers(27, sizes))  # other (untrained) actors, as other contexts would give
+    fresh = policy.flatten_layers(policy.init_layers(27, sizes))  # other (untrained) actors, as other contexts would give
     params = torch.cat([real, fresh])  # [32, 662]
     nrm = hyplatent.zscore(params)
     args = hyplatent.Args(latent_dim=32, ae_steps=1000, ae_lr=3e-3, log_interval=0)
@@ -125,11 +127,11 @@ def test_autoencoder_round_trip_on_real_actor_parameters(tmp_path):
     rel_centered = (rec - params).norm(dim=1) / (params - nrm["shift"]).norm(dim=1)
     assert rel.max() < 0.15 and rel.mean() < 0.05, rel  # the 5 real actors are one tight cluster: the hardest to resolve
     assert rel_centered.mean() < 0.2, rel_centered  # reconstructs the variation, not only the mean actor
-    layers = td3.unflatten_layers(rec[4:5], sizes)  # the decoded final actor in the policy form
-    act = td3.mlp(layers, torch.randn(1, 50, 17) * 3)
+    layers = policy.unflatten_layers(rec[4:5], sizes)  # the decoded final actor in the policy form
+    act = policy.mlp(layers, torch.randn(1, 50, 17) * 3)
     assert torch.isfinite(act).all() and act.abs().max() <= 1
-    dec = td3.evaluate_policy("cheetah-vel", expert["context"], layers, 1, seed=5)
-    ref = td3.evaluate_policy("cheetah-vel", expert["context"], td3.expert_layers(expert), 1, seed=5)
+    dec = policy.evaluate_policy("cheetah-vel", expert["context"], layers, 1, seed=5)
+    ref = policy.evaluate_policy("cheetah-vel", expert["context"], policy.expert_layers(expert), 1, seed=5)
     assert np.isfinite(dec["return_mean"]) and abs(dec["return_mean"] - ref["return_mean"]) < 0.1 * abs(ref["return_mean"]) + 5
 
 
@@ -219,7 +221,7 @@ def test_main_checkpoint_generates_policies_deterministically(tmp_path):
     layers = hyplatent.generate_policies(ck, contexts, n=2, seed=3)
     assert [tuple(W.shape) for W, _ in layers] == [(6, 17, 8), (6, 8, 8), (6, 8, 6)]
     assert [tuple(b.shape) for _, b in layers] == [(6, 1, 8), (6, 1, 8), (6, 1, 6)]
-    act = td3.mlp(layers, torch.randn(6, 4, 17))
+    act = policy.mlp(layers, torch.randn(6, 4, 17))
     assert torch.isfinite(act).all() and act.abs().max() <= 1
     again = hyplatent.generate_policies(ck, contexts, n=2, seed=3)
     other = hyplatent.generate_policies(ck, contexts, n=2, seed=4)
@@ -254,7 +256,7 @@ def test_behaviour_condition_needs_demo_trajectories(tmp_path):
 def test_errors_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="missing file"):
         hyplatent.load_checkpoint(tmp_path / "nothing.pt")
-    td3.atomic_save({"format": "cleanhyper-hyperzero-v1"}, tmp_path / "other.pt")
+    runio.atomic_save({"format": "cleanhyper-hyperzero-v1"}, tmp_path / "other.pt")
     with pytest.raises(UserError, match="not a HypLatent checkpoint"):
         hyplatent.load_checkpoint(tmp_path / "other.pt")
     with pytest.raises(UserError, match="no behaviour data"):
@@ -411,7 +413,7 @@ def test_checkpoints_that_are_not_hyplatent_ones(tmp_path):
         "other sizes": (ck | {"latent_dim": 32}, r"damaged HypLatent checkpoint: its weights do not match"),
     }
     for name, (obj, msg) in cases.items():
-        td3.atomic_save(obj, tmp_path / f"{name}.pt")
+        runio.atomic_save(obj, tmp_path / f"{name}.pt")
         with pytest.raises(UserError, match=msg):
             hyplatent.load_checkpoint(tmp_path / f"{name}.pt")
     (tmp_path / "truncated.pt").write_bytes((tmp_path / "hl" / "hyplatent.pt").read_bytes()[:1000])

@@ -12,10 +12,11 @@ import collect
 import evaluate
 import hyperzero
 import meta
+import policy
+import runio
 import tasks
-import td3
+from runio import UserError
 from synthetic import A, S, write_linear_rollouts
-from tasks import UserError
 
 torch.set_num_threads(1)  # as every stage's --torch-threads: small nets, and 2 threads fight on a shared CPU
 
@@ -159,8 +160,8 @@ def test_pearl_posterior_narrows_and_separates_contexts(synth, tmp_path):
     # inferring z from the held-out context's transitions helps: BC error there, posterior mean vs prior (zero-shot)
     held = as_transitions(arrays, 2.5, 200)
     obs, act = torch.from_numpy(held["obs"])[None], torch.from_numpy(held["action"])[None]
-    zero = td3.mlp(meta.generate_policies(ckpt, [{"goal": 2.5}]), obs)
-    adapted = td3.mlp(meta.adapt_policies(ckpt, [{"goal": 2.5}], [as_transitions(arrays, 2.5, 64)], 0), obs)
+    zero = policy.mlp(meta.generate_policies(ckpt, [{"goal": 2.5}]), obs)
+    adapted = policy.mlp(meta.adapt_policies(ckpt, [{"goal": 2.5}], [as_transitions(arrays, 2.5, 64)], 0), obs)
     print(f"held-out BC: prior {((zero - act) ** 2).mean():.4f}, posterior {((adapted - act) ** 2).mean():.4f}")  # 0.33, 0.03
     assert ((adapted - act) ** 2).mean() < 0.3 * ((zero - act) ** 2).mean()
 
@@ -186,7 +187,7 @@ def test_policy_form_round_trip_and_seed(synth, tmp_path, name):
     trans = [as_transitions(arrays, g, 30) for g in (0.5, 3.0, 1.0)]
     for layers in (meta.generate_policies(ckpt, ctxs), meta.adapt_policies(ckpt, ctxs, trans, 2)):
         assert [(tuple(W.shape), tuple(b.shape)) for W, b in layers] == [((3, S, 32), (3, 1, 32)), ((3, 32, A), (3, 1, A))]
-        assert td3.mlp(layers, torch.randn(3, 5, S)).shape == (3, 5, A)
+        assert policy.mlp(layers, torch.randn(3, 5, S)).shape == (3, 5, A)
     for (W0, b0), (W1, b1) in zip(meta.adapt_policies(res["ckpt"], ctxs, trans, 2), meta.adapt_policies(ckpt, ctxs, trans, 2)):
         assert torch.equal(W0, W1) and torch.equal(b0, b1)
     for (W0, b0), (W1, b1) in zip(meta.generate_policies(res["ckpt"], ctxs), meta.generate_policies(ckpt, ctxs)):
@@ -235,7 +236,7 @@ def test_old_hyperzero_maml_checkpoint_refused_with_one_line(synth, tmp_path):
     # before meta.py, hyperzero.py wrote MAML and PEARL as format cleanhyper-hyperzero-v1 in hyperzero.pt
     root, _ = synth
     ckpt = meta.main(small(root, tmp_path / "m", steps=1, meta_batch=2, support_size=8, query_size=8, inner_steps=1))["ckpt"]
-    td3.atomic_save({**ckpt, "format": "cleanhyper-hyperzero-v1"}, tmp_path / "old" / "hyperzero.pt")
+    runio.atomic_save({**ckpt, "format": "cleanhyper-hyperzero-v1"}, tmp_path / "old" / "hyperzero.pt")
     with pytest.raises(UserError, match="old hyperzero.py --model maml checkpoint: retrain it with meta.py --model maml"):
         evaluate.main(evaluate.Args(policies=(str(tmp_path / "old"),), out_dir=str(tmp_path / "ev")))
     with pytest.raises(UserError, match="unknown model 'mlp'; valid models: maml, pearl"):
@@ -281,15 +282,15 @@ def test_evaluate_adds_adapted_rows(tiny_experts, tmp_path, capsys):
     )
     assert [r for r in res["rows"] if not r["method"].endswith("-adapted")] == zero_shot["rows"]
     # the adaptation data are the expert's own transitions, from seeds apart from the evaluation episodes
-    e = next(x for x in td3.load_experts(tiny_experts) if x["label"] == "goal_2")
+    e = next(x for x in policy.load_experts(tiny_experts) if x["label"] == "goal_2")
     tr = evaluate.expert_transitions("cheetah-vel", e, 250, 1, "cpu")
     assert {k: v.shape for k, v in tr.items()} == {"obs": (250, 17), "action": (250, 6), "reward": (250,), "next_obs": (250, 17)}
     np.testing.assert_array_equal(tr["obs"][1:200], tr["next_obs"][:199])
     with torch.no_grad():
         np.testing.assert_allclose(
-            td3.mlp(td3.expert_layers(e), torch.from_numpy(tr["obs"])[None])[0].numpy(), tr["action"], atol=1e-6
+            policy.mlp(policy.expert_layers(e), torch.from_numpy(tr["obs"])[None])[0].numpy(), tr["action"], atol=1e-6
         )
-    first = td3.rollout(tasks.make_env("cheetah-vel", e["context"], 1), td3.expert_layers(e), 1)  # evaluation episode 0
+    first = policy.rollout(tasks.make_env("cheetah-vel", e["context"], 1), policy.expert_layers(e), 1)  # evaluation episode 0
     assert not np.allclose(first["states"][0], tr["obs"][0])
 
 
@@ -342,7 +343,7 @@ def test_out_dir_and_checkpoints_that_are_not_ours(synth, tmp_path):
         "model.pt": ({**ckpt, "model": "reptile"}, "model.pt is a damaged checkpoint .*unknown model 'reptile'"),
     }  # fmt: skip
     for name, (obj, message) in cases.items():
-        td3.atomic_save(obj, tmp_path / name)
+        runio.atomic_save(obj, tmp_path / name)
         with pytest.raises(UserError, match=message) as e:
             meta.load_checkpoint(tmp_path / name)
         assert "\n" not in str(e.value)

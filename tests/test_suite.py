@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 import evaluate
+import policy  # noqa: E402
+import runio  # noqa: E402
 import tasks
-import td3
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "suite"))
@@ -106,16 +107,16 @@ def test_table_reads_every_evaluated_family(tmp_path):
 
 
 def test_table_errors(tmp_path):
-    with pytest.raises(tasks.UserError, match="no such directory"):
+    with pytest.raises(runio.UserError, match="no such directory"):
         table.main(table.Args(out=str(tmp_path / "none")))
-    with pytest.raises(tasks.UserError, match="no family evaluated yet"):
+    with pytest.raises(runio.UserError, match="no family evaluated yet"):
         table.main(table.Args(out=str(tmp_path)))
-    with pytest.raises(tasks.UserError, match="unknown --split 'easy'; valid: paper, hard"):
+    with pytest.raises(runio.UserError, match="unknown --split 'easy'; valid: paper, hard"):
         table.main(table.Args(out=str(tmp_path), split="easy"))
     (tmp_path / "cheetah-both" / "eval").mkdir(parents=True)
     for f in ("summary.json", "results.json"):
         (tmp_path / "cheetah-both" / "eval" / f).write_text("{truncated")
-    with pytest.raises(tasks.UserError, match="cannot read .*cheetah-both/eval"):
+    with pytest.raises(runio.UserError, match="cannot read .*cheetah-both/eval"):
         table.main(table.Args(out=str(tmp_path)))
 
 
@@ -162,11 +163,11 @@ def test_genhyprl_table_splits_seen_unseen_and_failed_experts(tmp_path):
     assert "| hypformer | unseen | 1 of 2 | 50.0 [40.0, 60.0] | 90.0 | 50.0 | 19.8 | 87.5 | 80.63 |" in text
     assert "| hypformer | unseen | 1 | 50.0 [50.0, 50.0] | 100.0 | 50.0 |" in text  # d-v3, its expert failed
     assert "| `c-v3` | unseen | 0.90 | 0.10 | 0.50 |" in text and (tmp_path / "genhyprl_table.md").read_text() == text + "\n"
-    with pytest.raises(tasks.UserError, match="results.json is missing"):
+    with pytest.raises(runio.UserError, match="results.json is missing"):
         genhyprl_table.main(genhyprl_table.Args(eval=str(tmp_path / "none")))
     for bad in ("{not json", '{"method": "expert"}', "[1, 2]"):  # damaged, not a list, not rows
         (tmp_path / "results.json").write_text(bad)
-        with pytest.raises(tasks.UserError, match="not a results.json written by evaluate.py"):
+        with pytest.raises(runio.UserError, match="not a results.json written by evaluate.py"):
             genhyprl_table.main(genhyprl_table.Args(eval=str(tmp_path)))
 
 
@@ -199,11 +200,11 @@ def test_published_metaworld_experts_are_the_16_tasks_and_replay_their_evaluatio
     """The committed experts (README, "Trained experts"): one per task of the paper's split, one architecture, and each
     one's deterministic evaluation, replayed from its file, gives the success and return recorded in it."""
     seen, unseen = genhyprl_split()
-    experts = td3.load_experts(PUBLISHED)
+    experts = policy.load_experts(PUBLISHED)
     assert sorted(e["label"] for e in experts) == sorted(seen + unseen)
     assert all(e["hidden"] == [64, 64] and e["step"] > 0 for e in experts)
     for e in experts:
-        r = td3.evaluate_policy("metaworld", e["context"], td3.expert_layers(e), 1, e["eval_seed"])
+        r = policy.evaluate_policy("metaworld", e["context"], policy.expert_layers(e), 1, e["eval_seed"])
         assert r["success_rate"] == e["eval_success"], e["label"]
         assert r["return_mean"] == pytest.approx(e["eval_return"], rel=1e-4), e["label"]
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
+import runio
 import tasks
 
 # ---------------------------------------------------------------------------------------------- contexts and rewards
@@ -54,7 +55,7 @@ def test_parse_contexts_fills_defaults_and_validates():
         ("cheetah-vel", "0.5,1.5", r"is 2 numbers: .*goal in \[0.0, 3.0\]\), one context per argument"),
         ("cheetah-run", "speed=2,0.4", r"'0.4' is not name=value \(speed in \[0.1, 12.0\], length in \[0.2, 1.0\]\)"),
     ]:
-        with pytest.raises(tasks.UserError, match=msg):
+        with pytest.raises(runio.UserError, match=msg):
             tasks.parse_contexts(task, [spec])
 
 
@@ -177,9 +178,9 @@ def test_make_env_equals_gym_make_step_for_step(task):
 
 
 def test_registered_kwargs_are_checked_and_vector_envs_work():
-    with pytest.raises(tasks.UserError, match="out of range; valid: \\[0.0, 3.0\\]"):
+    with pytest.raises(runio.UserError, match="out of range; valid: \\[0.0, 3.0\\]"):
         gym.make("cleanhyper/cheetah-vel", goal=4.0)
-    with pytest.raises(tasks.UserError, match="no context 'goal'; its contexts: speed, length"):
+    with pytest.raises(runio.UserError, match="no context 'goal'; its contexts: speed, length"):
         gym.make("cleanhyper/cheetah-run", goal=1.0)
     envs = gym.make_vec("cleanhyper/cheetah-vel", num_envs=2, vectorization_mode="sync", goal=0.5)
     obs, _ = envs.reset(seed=0)
@@ -203,7 +204,7 @@ def test_check_flags_every_rule():
     from types import SimpleNamespace as Flags
 
     ok = Flags(steps=3, rate=0.5, seed=0, hidden=(4, 4), frac=1.0, name="x")
-    tasks.check_flags(ok, positive=("steps", "rate", "hidden"), nonnegative=("seed",), fraction=("frac",))
+    runio.check_flags(ok, positive=("steps", "rate", "hidden"), nonnegative=("seed",), fraction=("frac",))
     for flags, rules, msg in [
         (Flags(batch_size=-4), {"positive": ("batch_size",)}, "--batch-size must be a finite number > 0, got -4"),
         (Flags(batch_size=0), {"positive": ("batch_size",)}, "--batch-size must be a finite number > 0, got 0"),
@@ -216,34 +217,34 @@ def test_check_flags_every_rule():
         (Flags(flag=True), {"positive": ("flag",)}, "--flag must be a finite number > 0, got True"),  # a bool is no number
         (Flags(name="3"), {"positive": ("name",)}, "--name must be a finite number > 0, got 3"),
     ]:
-        with pytest.raises(tasks.UserError, match=msg):
-            tasks.check_flags(flags, **rules)
+        with pytest.raises(runio.UserError, match=msg):
+            runio.check_flags(flags, **rules)
 
 
 OUTPUTS = ("model.pt", "metrics.csv", "tb")
 
 
 def test_prepare_out_dir_new_file_and_earlier_run(tmp_path, capsys):
-    out = tasks.prepare_out_dir(tmp_path / "a" / "b", OUTPUTS)  # a new directory, parents created
+    out = runio.prepare_out_dir(tmp_path / "a" / "b", OUTPUTS)  # a new directory, parents created
     assert out == tmp_path / "a" / "b" and out.is_dir()
     (tmp_path / "f").write_text("x")
-    with pytest.raises(tasks.UserError, match=r"--out-dir .*/f is a file; give a directory"):
-        tasks.prepare_out_dir(tmp_path / "f", OUTPUTS)
+    with pytest.raises(runio.UserError, match=r"--out-dir .*/f is a file; give a directory"):
+        runio.prepare_out_dir(tmp_path / "f", OUTPUTS)
     (out / "notes.txt").write_text("mine")  # not an output of the stage: no earlier run, kept
-    tasks.prepare_out_dir(out, OUTPUTS)
+    runio.prepare_out_dir(out, OUTPUTS)
     (out / "model.pt").write_text("1")
     (out / "tb").mkdir()
     (out / "tb" / "events").write_text("1")
     with pytest.raises(
-        tasks.UserError, match=r"already holds an earlier run \(model.pt, tb\); pass --overwrite to replace it, or"
+        runio.UserError, match=r"already holds an earlier run \(model.pt, tb\); pass --overwrite to replace it, or"
     ):
-        tasks.prepare_out_dir(out, OUTPUTS)
+        runio.prepare_out_dir(out, OUTPUTS)
     assert (out / "model.pt").read_text() == "1"
-    with pytest.raises(tasks.UserError, match="--overwrite to replace it, --resume to continue it, or choose another"):
-        tasks.prepare_out_dir(out, ("model.pt", "checkpoint.pt"))  # a stage that can resume says so
-    assert tasks.prepare_out_dir(out, OUTPUTS, resume=True) == out  # --resume: continue, nothing removed
+    with pytest.raises(runio.UserError, match="--overwrite to replace it, --resume to continue it, or choose another"):
+        runio.prepare_out_dir(out, ("model.pt", "checkpoint.pt"))  # a stage that can resume says so
+    assert runio.prepare_out_dir(out, OUTPUTS, resume=True) == out  # --resume: continue, nothing removed
     assert (out / "model.pt").exists() and (out / "tb" / "events").exists()
-    tasks.prepare_out_dir(out, OUTPUTS, overwrite=True)  # --overwrite: the earlier outputs go, other files stay
+    runio.prepare_out_dir(out, OUTPUTS, overwrite=True)  # --overwrite: the earlier outputs go, other files stay
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     assert "--overwrite: removed 2 files of the earlier run" in capsys.readouterr().out
 
@@ -254,9 +255,9 @@ def test_prepare_out_dir_unwritable_as_the_os_says(tmp_path, monkeypatch):
     def refuse(**kw):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(tasks.tempfile, "TemporaryFile", refuse)
-    with pytest.raises(tasks.UserError, match=r"--out-dir .*/o is not writable: Permission denied"):
-        tasks.prepare_out_dir(tmp_path / "o", OUTPUTS)
+    monkeypatch.setattr(runio.tempfile, "TemporaryFile", refuse)
+    with pytest.raises(runio.UserError, match=r"--out-dir .*/o is not writable: Permission denied"):
+        runio.prepare_out_dir(tmp_path / "o", OUTPUTS)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
@@ -264,9 +265,9 @@ def test_prepare_out_dir_unwritable(tmp_path):
     (tmp_path / "ro").mkdir()
     (tmp_path / "ro").chmod(0o555)
     try:
-        with pytest.raises(tasks.UserError, match="--out-dir .*ro is not writable"):
-            tasks.prepare_out_dir(tmp_path / "ro", OUTPUTS)
-        with pytest.raises(tasks.UserError, match="is not writable"):
-            tasks.prepare_out_dir(tmp_path / "ro" / "sub", OUTPUTS)
+        with pytest.raises(runio.UserError, match="--out-dir .*ro is not writable"):
+            runio.prepare_out_dir(tmp_path / "ro", OUTPUTS)
+        with pytest.raises(runio.UserError, match="is not writable"):
+            runio.prepare_out_dir(tmp_path / "ro" / "sub", OUTPUTS)
     finally:
         (tmp_path / "ro").chmod(0o755)

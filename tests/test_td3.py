@@ -2,6 +2,7 @@
 
 import csv
 import math
+import os
 import subprocess
 import sys
 from dataclasses import asdict, replace
@@ -11,9 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+import policy
+import runio
 import tasks
 import td3
-from tasks import UserError, parse_contexts
+from runio import UserError
+from tasks import parse_contexts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,25 +26,25 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_metaworld_evaluation_survives_a_weights_only_checkpoint(tmp_path):
     # evaluations go into checkpoint.pt; a numpy scalar from MetaWorld's reward made resume fail to load
     (ctx,) = parse_contexts("metaworld", ["coffee-button-v3"], seed=1)  # its reward is a numpy.float64
-    r = td3.evaluate_policy("metaworld", ctx, None, 1, seed=3)
-    td3.atomic_save(
+    r = policy.evaluate_policy("metaworld", ctx, None, 1, seed=3)
+    runio.atomic_save(
         {"last_eval": {"coffee-button-v3": r}, "best": [{"score": [r["success_rate"], r["return_mean"]]}]}, tmp_path / "c.pt"
     )
-    assert td3.safe_load(tmp_path / "c.pt")["last_eval"]["coffee-button-v3"] == r
+    assert runio.safe_load(tmp_path / "c.pt")["last_eval"]["coffee-button-v3"] == r
 
 
 # ---------------------------------------------------------------------------------------------- policy form
 def test_mlp_equals_nn_sequential_and_flatten_round_trip():
     torch.manual_seed(0)
     sizes = [5, 8, 7, 3]
-    layers = td3.init_layers(4, sizes)
-    flat = td3.flatten_layers(layers)
-    assert flat.shape == (4, td3.n_params(sizes))
-    back = td3.unflatten_layers(flat, sizes)
+    layers = policy.init_layers(4, sizes)
+    flat = policy.flatten_layers(layers)
+    assert flat.shape == (4, policy.n_params(sizes))
+    back = policy.unflatten_layers(flat, sizes)
     for (W, b), (W2, b2) in zip(layers, back):
         assert torch.equal(W, W2) and torch.equal(b, b2)
     x = torch.randn(4, 10, 5)
-    y = td3.mlp(layers, x)
+    y = policy.mlp(layers, x)
     for k in range(4):
         seq = torch.nn.Sequential(
             torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3), torch.nn.Tanh()
@@ -54,7 +58,7 @@ def test_mlp_equals_nn_sequential_and_flatten_round_trip():
     assert flat[1, 0] == layers[0][0][1, 0, 0] and flat[1, 1] == layers[0][0][1, 0, 1]
     assert flat[1, 5 * 8] == layers[0][1][1, 0, 0]
     with pytest.raises(UserError, match="need"):
-        td3.unflatten_layers(flat[:, :-1], sizes)
+        policy.unflatten_layers(flat[:, :-1], sizes)
 
 
 def one_context(name: str, t: torch.Tensor, k: int) -> torch.Tensor:
@@ -72,7 +76,7 @@ def test_batched_update_equals_separate_updates():
     with torch.no_grad():
         for k, one in enumerate(singles):
             for name, net in one.networks().items():  # actor, critic, actor_t, critic_t
-                for t, t_big in zip(td3.tensors(net), td3.tensors(big.networks()[name])):
+                for t, t_big in zip(policy.tensors(net), policy.tensors(big.networks()[name])):
                     t.copy_(one_context(name, t_big, k))
     for it in range(4):
         batch = (
@@ -88,7 +92,7 @@ def test_batched_update_equals_separate_updates():
             one.update(tuple(t[k : k + 1] for t in batch), it % 2 == 1, **hyper, noise=noise[k : k + 1])
     for k, one in enumerate(singles):
         for name, net in one.networks().items():
-            for t, t_big in zip(td3.tensors(net), td3.tensors(big.networks()[name])):
+            for t, t_big in zip(policy.tensors(net), policy.tensors(big.networks()[name])):
                 torch.testing.assert_close(one_context(name, t_big, k).detach(), t.detach(), rtol=1e-5, atol=1e-6)
         for name, opt_big, opt_one in (("actor", big.actor_opt, one.actor_opt), ("critic", big.critic_opt, one.critic_opt)):
             for p_big, p_one in zip(opt_big.param_groups[0]["params"], opt_one.param_groups[0]["params"]):
@@ -106,17 +110,17 @@ def test_short_run_writes_loadable_experts_and_reproducible_eval(tmp_path, tiny_
         assert (tmp_path / "run" / f).is_file()
     snaps = np.load(tmp_path / "run" / "snapshots_goal_2.npy", allow_pickle=False)
     steps = np.load(tmp_path / "run" / "snapshot_steps.npy", allow_pickle=False)
-    assert snaps.shape == (4, td3.n_params([17, 16, 16, 6])) and snaps.dtype == np.float32
+    assert snaps.shape == (4, policy.n_params([17, 16, 16, 6])) and snaps.dtype == np.float32
     assert steps.tolist() == [300, 400, 500, 600]
     e = torch.load(res["experts"][1], weights_only=True)
     assert e["context"] == {"goal": 2.0} and e["task"] == "cheetah-vel" and e["step"] == 600
     assert [tuple(t.shape) for t in e["actor"]] == [(17, 16), (1, 16), (16, 16), (1, 16), (16, 6), (1, 6)]
     assert e["args"]["hidden"] == [16, 16] or tuple(e["args"]["hidden"]) == (16, 16)
     # the saved evaluation is reproduced by rolling the loaded actor out with the same seed
-    again = td3.evaluate_policy("cheetah-vel", e["context"], td3.expert_layers(e), e["eval_episodes"], e["eval_seed"])
+    again = policy.evaluate_policy("cheetah-vel", e["context"], policy.expert_layers(e), e["eval_episodes"], e["eval_seed"])
     assert again["return_mean"] == pytest.approx(e["eval_return"], abs=1e-6)
     # snapshots are taken along training: the one at step 600 is the final actor, earlier ones differ
-    final = td3.flatten_layers(td3.expert_layers(e)).numpy()[0]
+    final = policy.flatten_layers(policy.expert_layers(e)).numpy()[0]
     np.testing.assert_array_equal(snaps[-1], final)
     assert not np.allclose(snaps[0], final)
 
@@ -134,8 +138,8 @@ def test_keep_best_saves_the_best_evaluated_actor(tmp_path, tiny_args):
         assert e["step"] == max(evals, key=evals.get) and e["eval_return"] == pytest.approx(max(evals.values()))
         # the kept weights are the actor of that step (its snapshot) and reproduce the saved evaluation
         snap = np.load(tmp_path / "run" / f"snapshots_{e['label']}.npy", allow_pickle=False)[snaps_at.index(e["step"])]
-        np.testing.assert_array_equal(td3.flatten_layers(td3.expert_layers(e)).numpy()[0], snap)
-        again = td3.evaluate_policy("cheetah-vel", e["context"], td3.expert_layers(e), e["eval_episodes"], e["eval_seed"])
+        np.testing.assert_array_equal(policy.flatten_layers(policy.expert_layers(e)).numpy()[0], snap)
+        again = policy.evaluate_policy("cheetah-vel", e["context"], policy.expert_layers(e), e["eval_episodes"], e["eval_seed"])
         assert again["return_mean"] == pytest.approx(e["eval_return"], abs=1e-6)
         kept_steps.append(e["step"])
     assert min(kept_steps) < 1000  # at least one context peaked before the end, so the flag changed something
@@ -173,25 +177,6 @@ def test_resume_reaches_the_same_state(tmp_path, tiny_args, keep_best, sac):
         assert ck_full["agent"]["log_alpha"].abs().min() > 0  # it was tuned
 
 
-def test_resume_from_a_checkpoint_of_the_flat_layout(tmp_path, tiny_args):
-    """Checkpoints written before RunState (flat [W0, b0, ...] lists, twin critics stacked as [2K, ...], no "best")
-    resume to the same run."""
-    full = td3.main(tiny_args(tmp_path / "full", total_timesteps=800))
-    td3.main(tiny_args(tmp_path / "part", total_timesteps=400))
-    ck = td3.safe_load(tmp_path / "part" / "checkpoint.pt")
-    agent = ck["agent"]
-    for name in ("actor", "critic", "actor_t", "critic_t"):
-        agent[name] = [t.flatten(0, 1) if name.startswith("critic") else t for layer in agent[name] for t in layer]
-    for moments in agent["critic_opt"]["state"].values():
-        moments["exp_avg"], moments["exp_avg_sq"] = moments["exp_avg"].flatten(0, 1), moments["exp_avg_sq"].flatten(0, 1)
-    td3.atomic_save({f: v for f, v in ck.items() if f not in ("format", "best")}, tmp_path / "part" / "checkpoint.pt")
-    part = td3.main(tiny_args(tmp_path / "part", total_timesteps=800, resume=True))
-    for f_full, f_part in zip(full["experts"], part["experts"]):
-        x, y = torch.load(f_full, weights_only=True), torch.load(f_part, weights_only=True)
-        for key in ("actor", "critic1", "critic2"):
-            assert all(torch.equal(a, b) for a, b in zip(x[key], y[key])), key
-
-
 # ---------------------------------------------------------------------------------------------- bad input
 def run_cli(*argv, cwd=ROOT):
     return subprocess.run([sys.executable, "td3.py", *argv], cwd=cwd, capture_output=True, text=True, timeout=120)
@@ -223,13 +208,13 @@ def test_cli_corrupt_and_incompatible_resume(tmp_path, tiny_args):
     common += ["--contexts", "0.5", "2.0", "--out-dir", str(run), "--resume", "--eval-interval", "0"]
     r = run_cli(*common, "--gamma", "0.9", "--checkpoint-interval", "200")
     assert r.returncode == 2 and "flags differ from the checkpointed run: gamma" in r.stderr and "Traceback" not in r.stderr
-    ck = td3.safe_load(run / "checkpoint.pt")
+    ck = runio.safe_load(run / "checkpoint.pt")
     args = {**ck["args"], "total_timesteps": 800}
     assert td3.read_checkpoint(run / "checkpoint.pt", {**args, "contexts": ["goal=0.50", "2"]})  # the same contexts
     for other in (["0.5"], ["2.0", "0.5"], ["0.6", "2.0"]):  # fewer, reordered, another: refused
         with pytest.raises(UserError, match="flags differ from the checkpointed run: contexts"):
             td3.read_checkpoint(run / "checkpoint.pt", {**args, "contexts": other})
-    td3.atomic_save(td3.safe_load(run / "checkpoint.pt") | {"format": "cleanhyper-td3-checkpoint-v9"}, run / "checkpoint.pt")
+    runio.atomic_save(runio.safe_load(run / "checkpoint.pt") | {"format": "cleanhyper-td3-checkpoint-v9"}, run / "checkpoint.pt")
     r = run_cli(*common, "--checkpoint-interval", "200")
     assert (
         r.returncode == 2
@@ -251,24 +236,11 @@ def test_help_explains_flags():
 
 
 def test_atomic_save_permissions_and_no_partial_file(tmp_path):
-    td3.atomic_save(np.arange(3, dtype=np.float32), tmp_path / "a.npy")
+    runio.atomic_save(np.arange(3, dtype=np.float32), tmp_path / "a.npy")
     assert (tmp_path / "a.npy").stat().st_mode & 0o044 == 0o044  # readable by others, as open() would make it
     with pytest.raises((TypeError, AttributeError)):  # a lambda cannot be pickled
-        td3.atomic_save({"x": lambda: 0}, tmp_path / "b.pt")  # fails half-way: nothing left behind
+        runio.atomic_save({"x": lambda: 0}, tmp_path / "b.pt")  # fails half-way: nothing left behind
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy"]
-
-
-def test_shared_init_starts_every_context_from_one_draw():
-    torch.manual_seed(0)
-    shared = td3.TD3(3, 5, 2, (8, 8), 1e-3, "cpu", shared=True)
-    for t in td3.tensors(shared.actor):  # [K, ...]: the contexts share
-        assert torch.equal(t[0], t[1]) and torch.equal(t[0], t[2])
-    for q1, q2 in td3.tensors(shared.critic):  # [twin, K, ...]: the contexts share, Q1 and Q2 differ
-        assert torch.equal(q1[0], q1[1]) and torch.equal(q1[0], q1[2]) and torch.equal(q2[0], q2[2])
-        assert not torch.equal(q1[0], q2[0])
-    torch.manual_seed(0)
-    separate = td3.TD3(3, 5, 2, (8, 8), 1e-3, "cpu")
-    assert not torch.equal(separate.actor[0][0][0], separate.actor[0][0][1])
 
 
 # ---------------------------------------------------------------------------------------------- shards: load_experts
@@ -278,9 +250,9 @@ def fake_expert(src: dict, label="goal_1", goal=1.0, hidden=None, **change) -> d
     if hidden:
         S, A = e["obs_dim"], e["act_dim"]
         e["hidden"] = hidden
-        e["actor"] = [t[0] for t in td3.tensors(td3.init_layers(1, td3.layer_sizes(S, hidden, A)))]
+        e["actor"] = [t[0] for t in policy.tensors(policy.init_layers(1, policy.layer_sizes(S, hidden, A)))]
         for key in ("critic1", "critic2"):
-            e[key] = [t[0] for t in td3.tensors(td3.init_layers(1, td3.layer_sizes(S + A, hidden, 1)))]
+            e[key] = [t[0] for t in policy.tensors(policy.init_layers(1, policy.layer_sizes(S + A, hidden, 1)))]
     return e
 
 
@@ -291,19 +263,19 @@ def shard_dirs(tmp_path, tiny_experts, *extra) -> list[Path]:
     shutil.copytree(tiny_experts, tmp_path / "shard_10")
     (tmp_path / "shard_2").mkdir()
     for e in extra:
-        td3.atomic_save(e, tmp_path / "shard_2" / f"expert_{e['label']}.pt")
+        runio.atomic_save(e, tmp_path / "shard_2" / f"expert_{e['label']}.pt")
     return [tmp_path / "shard_10", tmp_path / "shard_2"]
 
 
 def test_load_experts_merges_shards_sorted_by_label(tmp_path, tiny_experts):
-    src = td3.load_experts(tiny_experts)[0]
+    src = policy.load_experts(tiny_experts)[0]
     dirs = shard_dirs(tmp_path, tiny_experts, fake_expert(src))
-    merged = td3.load_experts(dirs)  # shard_10 lists before shard_2: the order is the labels', not the directories'
+    merged = policy.load_experts(dirs)  # shard_10 lists before shard_2: the order is the labels', not the directories'
     assert [e["label"] for e in merged] == ["goal_0.5", "goal_1", "goal_2"]
-    assert [e["label"] for e in td3.load_experts(dirs[::-1])] == ["goal_0.5", "goal_1", "goal_2"]
-    assert [e["label"] for e in td3.load_experts(str(dirs[0]))] == ["goal_0.5", "goal_2"]  # one path, as a string
-    assert [e["label"] for e in td3.load_experts([dirs[0], dirs[0] / "expert_goal_2.pt"])] == ["goal_0.5", "goal_2"]
-    assert [e["label"] for e in td3.load_experts([dirs[1] / "expert_goal_1.pt"])] == ["goal_1"]
+    assert [e["label"] for e in policy.load_experts(dirs[::-1])] == ["goal_0.5", "goal_1", "goal_2"]
+    assert [e["label"] for e in policy.load_experts(str(dirs[0]))] == ["goal_0.5", "goal_2"]  # one path, as a string
+    assert [e["label"] for e in policy.load_experts([dirs[0], dirs[0] / "expert_goal_2.pt"])] == ["goal_0.5", "goal_2"]
+    assert [e["label"] for e in policy.load_experts([dirs[1] / "expert_goal_1.pt"])] == ["goal_1"]
 
 
 @pytest.mark.parametrize(
@@ -319,10 +291,10 @@ def test_load_experts_merges_shards_sorted_by_label(tmp_path, tiny_experts):
     ],
 )
 def test_load_experts_refuses_shards_of_different_sweeps(tmp_path, tiny_experts, change, msg):
-    src = td3.load_experts(tiny_experts)[0]
+    src = policy.load_experts(tiny_experts)[0]
     dirs = shard_dirs(tmp_path, tiny_experts, fake_expert(src, **change))
     with pytest.raises(UserError, match=msg):
-        td3.load_experts(dirs)
+        policy.load_experts(dirs)
 
 
 @pytest.mark.parametrize(
@@ -336,7 +308,7 @@ def test_load_experts_refuses_shards_of_different_sweeps(tmp_path, tiny_experts,
     ],
 )
 def test_load_experts_refuses_a_bad_file_naming_it(tmp_path, tiny_experts, content, msg):
-    src = td3.load_experts(tiny_experts)[0]
+    src = policy.load_experts(tiny_experts)[0]
     f = tmp_path / "expert_goal_0.5.pt"
     if content == "hidden":
         content = src | {"hidden": [16, 8]}
@@ -345,12 +317,12 @@ def test_load_experts_refuses_a_bad_file_naming_it(tmp_path, tiny_experts, conte
     if content == "truncated":
         f.write_bytes((tiny_experts / f.name).read_bytes()[:500])
     else:
-        td3.atomic_save(content, f)
+        runio.atomic_save(content, f)
     with pytest.raises(UserError, match=msg) as e:
-        td3.load_experts(tmp_path)
+        policy.load_experts(tmp_path)
     assert str(f) in str(e.value)
     with pytest.raises(UserError, match="no experts found"):
-        td3.load_experts([tmp_path, tmp_path / "missing"])
+        policy.load_experts([tmp_path, tmp_path / "missing"])
 
 
 # ---------------------------------------------------------------------------------------------- shards: --shard I/N
@@ -360,11 +332,11 @@ def test_shards_train_the_contexts_of_one_run_with_its_environment_seeds(tmp_pat
     shards = [td3.main(tiny_args(tmp_path / f"shard_{i}", **kw, shard=f"{i}/2")) for i in range(2)]
     assert [Path(p).name for p in shards[0]["experts"]] == ["expert_goal_0.5.pt", "expert_goal_2.pt"]  # contexts 0, 2
     assert [Path(p).name for p in shards[1]["experts"]] == ["expert_goal_1.pt"]  # context 1
-    merged = td3.load_experts([tmp_path / "shard_0", tmp_path / "shard_1"])
-    assert [e["label"] for e in merged] == [e["label"] for e in td3.load_experts(tmp_path / "whole")]
+    merged = policy.load_experts([tmp_path / "shard_0", tmp_path / "shard_1"])
+    assert [e["label"] for e in merged] == [e["label"] for e in policy.load_experts(tmp_path / "whole")]
     assert merged[1]["args"]["shard"] == "1/2" and whole["experts"]
     # context i's environment is seeded by its place i in the full list, sharded or not: the same first states
-    obs = {name: td3.safe_load(tmp_path / name / "checkpoint.pt")["replay"]["obs"] for name in ("whole", "shard_0", "shard_1")}
+    obs = {name: runio.safe_load(tmp_path / name / "checkpoint.pt")["replay"]["obs"] for name in ("whole", "shard_0", "shard_1")}
     for i, (shard, j) in enumerate([("shard_0", 0), ("shard_1", 0), ("shard_0", 1)]):  # context i is shard's j-th
         assert torch.equal(obs["whole"][i, 0], obs[shard][j, 0])  # the first reset: seed + 1000 i
         assert torch.equal(obs["whole"][i, 200], obs[shard][j, 200])  # the second episode's (200-step episodes)
@@ -381,7 +353,6 @@ BAD_FLAGS = {  # name -> (overrides of tiny_args, the one line that refuses them
     "buffer size 0": ({"buffer_size": 0}, "--buffer-size must be a finite number > 0"),
     "log interval 0": ({"log_interval": 0}, "--log-interval must be a finite number > 0"),
     "policy frequency 0": ({"policy_frequency": 0}, "--policy-frequency must be a finite number > 0"),
-    "updates per step 0": ({"updates_per_step": 0}, "--updates-per-step must be a finite number > 0, got 0"),
     "action penalty -1": ({"action_penalty": -1.0}, "--action-penalty must be a finite number >= 0, got -1.0"),
     "learning rate nan": ({"learning_rate": float("nan")}, "--learning-rate must be a finite number > 0, got nan"),
     "learning rate -1": ({"learning_rate": -1.0}, "--learning-rate must be a finite number > 0"),
@@ -450,10 +421,10 @@ def test_out_dir_a_file_an_earlier_run_overwrite_and_resume(tmp_path, tiny_args)
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
     (run / "snapshots_goal_9.npy").write_bytes(b"")  # an output of the earlier run: removed by --overwrite
     td3.main(tiny_args(run, **kw, seed=2, overwrite=True))
-    assert not (run / "snapshots_goal_9.npy").exists() and td3.safe_load(run / "checkpoint.pt")["args"]["seed"] == 2
+    assert not (run / "snapshots_goal_9.npy").exists() and runio.safe_load(run / "checkpoint.pt")["args"]["seed"] == 2
     assert len(list((run / "tb").iterdir())) == 1  # the earlier run's event files went with it
     td3.main(tiny_args(run, total_timesteps=600, seed=2, resume=True))  # --resume continues it
-    assert td3.safe_load(run / "checkpoint.pt")["step"] == 600
+    assert runio.safe_load(run / "checkpoint.pt")["step"] == 600
 
 
 def test_resume_defects(tmp_path, tiny_args):
@@ -464,11 +435,11 @@ def test_resume_defects(tmp_path, tiny_args):
     # out_dir is not among the flags that must match: a moved directory, or one named with a trailing '/', resumes
     run.rename(tmp_path / "moved")
     res = td3.main(tiny_args(str(tmp_path / "moved") + "/", total_timesteps=600, resume=True))
-    assert td3.safe_load(res["experts"][0])["step"] == 600
+    assert runio.safe_load(res["experts"][0])["step"] == 600
     with pytest.raises(UserError, match=r"--resume: no checkpoint at .*nothing/checkpoint.pt; start without --resume"):
         td3.main(tiny_args(tmp_path / "nothing", resume=True))
     assert not (tmp_path / "nothing").exists()
-    ck = td3.safe_load(tmp_path / "moved" / "checkpoint.pt")
+    ck = runio.safe_load(tmp_path / "moved" / "checkpoint.pt")
     for content, msg in [
         ({"actor": [torch.zeros(2)]}, "not a checkpoint written by td3.py"),  # an expert-like .pt
         ([1, 2], "not a checkpoint written by td3.py"),
@@ -476,7 +447,7 @@ def test_resume_defects(tmp_path, tiny_args):
         ({k: v for k, v in ck.items() if k != "replay"}, r"an incomplete checkpoint \(missing or malformed: replay\)"),
         (ck | {"replay": ck["replay"] | {"obs": torch.zeros(3)}}, "its networks or replay do not fit this run"),
     ]:
-        td3.atomic_save(content, tmp_path / "moved" / "checkpoint.pt")
+        runio.atomic_save(content, tmp_path / "moved" / "checkpoint.pt")
         with pytest.raises(UserError, match=msg) as e:
             td3.main(tiny_args(tmp_path / "moved", total_timesteps=800, resume=True))
         assert "moved/checkpoint.pt" in str(e.value)
@@ -515,7 +486,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_args):
     for f_full, f_part in zip(full["experts"], resumed["experts"]):
         x, y = torch.load(f_full, weights_only=True), torch.load(f_part, weights_only=True)
         assert all(torch.equal(a, b) for key in ("actor", "critic1", "critic2") for a, b in zip(x[key], y[key]))
-    ck_full, ck_part = (td3.safe_load(tmp_path / d / "checkpoint.pt") for d in ("full", "killed"))
+    ck_full, ck_part = (runio.safe_load(tmp_path / d / "checkpoint.pt") for d in ("full", "killed"))
     assert torch.equal(ck_full["replay"]["obs"], ck_part["replay"]["obs"]) and torch.equal(ck_full["rng"], ck_part["rng"])
 
 
@@ -557,23 +528,23 @@ def test_compiled_update_equals_eager():
         losses = eager.update(batch, it % 2 == 1, **hyper, noise=noise)
         assert compiled.update(batch, it % 2 == 1, **hyper, noise=noise) == pytest.approx(losses, rel=1e-6)
     for name, net in eager.networks().items():
-        for x, y in zip(td3.tensors(net), td3.tensors(compiled.networks()[name])):
+        for x, y in zip(policy.tensors(net), policy.tensors(compiled.networks()[name])):
             torch.testing.assert_close(y.detach(), x.detach(), rtol=1e-6, atol=1e-7)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Remedies for saturating actors (issue: MetaWorld experts): a pre-tanh action penalty, more updates per step
+# Remedies for saturating actors (issue: MetaWorld experts): a pre-tanh action penalty
 # ---------------------------------------------------------------------------------------------------------------------
 def test_action_penalty_is_the_mean_square_of_the_pre_tanh_actions():
     K, B, S, A = 2, 7, 3, 2
     torch.manual_seed(0)
     agent = td3.TD3(K, S, A, (4,), 1e-3, "cpu", action_penalty=0.5)
     obs = torch.randn(K, B, S)
-    u = td3.mlp(agent.actor, obs, None)
+    u = policy.mlp(agent.actor, obs, None)
     q1 = agent.twin_q(agent.critic, obs, torch.tanh(u))[0]
     torch.testing.assert_close(agent.actor_loss(obs), -q1.mean(1).sum() + 0.5 * (u**2).mean((1, 2)).sum())
     agent.action_penalty = 0.0  # off: TD3's loss, bit for bit
-    assert torch.equal(agent.actor_loss(obs), -agent.twin_q(agent.critic, obs, td3.mlp(agent.actor, obs))[0].mean(1).sum())
+    assert torch.equal(agent.actor_loss(obs), -agent.twin_q(agent.critic, obs, policy.mlp(agent.actor, obs))[0].mean(1).sum())
 
 
 @pytest.mark.parametrize("penalty", [0.0, 1.0])
@@ -588,22 +559,22 @@ def test_action_penalty_pulls_a_saturated_actor_back(penalty):
         for W, b in agent.critic[-1:]:
             W.zero_(), b.zero_()
     obs = torch.randn(K, B, S)
-    before = (td3.mlp(agent.actor, obs).abs() > 0.99).float().mean().item()
+    before = (policy.mlp(agent.actor, obs).abs() > 0.99).float().mean().item()
     for _ in range(200):
         agent.actor_opt.zero_grad()
         agent.actor_loss(obs).backward()
         agent.actor_opt.step()
-    after = (td3.mlp(agent.actor, obs).abs() > 0.99).float().mean().item()
+    after = (policy.mlp(agent.actor, obs).abs() > 0.99).float().mean().item()
     assert before == 1.0 and (after == 1.0 if penalty == 0 else after < 0.05)
 
 
-def test_updates_per_step_and_the_policy_delay(tiny_args, tmp_path):
-    """200 environment steps with 3 updates each after 200 random steps: 600 critic updates; the policy delay (2)
-    counts updates, so 300 actor updates. The Adam step counts in the final checkpoint say how many were taken."""
-    td3.main(tiny_args(tmp_path / "run", total_timesteps=400, updates_per_step=3, eval_episodes=1))
-    agent = td3.safe_load(tmp_path / "run" / "checkpoint.pt")["agent"]
+def test_the_policy_delay_counts_updates(tiny_args, tmp_path):
+    """400 steps after 200 random ones: 200 critic updates and, with the policy delay 2, 100 actor updates. The Adam
+    step counts in the final checkpoint say how many were taken."""
+    td3.main(tiny_args(tmp_path / "run", total_timesteps=400, eval_episodes=1))
+    agent = runio.safe_load(tmp_path / "run" / "checkpoint.pt")["agent"]
     steps = lambda opt: {float(s["step"]) for s in opt["state"].values()}  # noqa: E731
-    assert steps(agent["critic_opt"]) == {600.0} and steps(agent["actor_opt"]) == {300.0}
+    assert steps(agent["critic_opt"]) == {200.0} and steps(agent["actor_opt"]) == {100.0}
 
 
 def test_saturation_benchmark_counts_components_beyond_the_threshold(tiny_experts, capsys):
@@ -614,8 +585,8 @@ def test_saturation_benchmark_counts_components_beyond_the_threshold(tiny_expert
     rows = saturation.main(saturation.Args(experts=(str(tiny_experts),)))
     assert [r["label"] for r in rows] == ["goal_0.5", "goal_2"] and all(0 <= r["saturated"] <= 1 for r in rows)
     assert rows[0]["success"] is None and "goal_0.5" in capsys.readouterr().out  # cheetah-vel has no success
-    e = td3.load_experts(tiny_experts)[0]  # the share is the expert's own episode's
-    ep = td3.rollout(tasks.make_env("cheetah-vel", e["context"], 1), td3.expert_layers(e), 1)
+    e = policy.load_experts(tiny_experts)[0]  # the share is the expert's own episode's
+    ep = policy.rollout(tasks.make_env("cheetah-vel", e["context"], 1), policy.expert_layers(e), 1)
     assert rows[0]["saturated"] == saturation.saturation(ep["actions"], 0.99)
 
 
@@ -635,7 +606,7 @@ def test_layer_norm_critics_are_nn_layernorm_per_context_and_off_is_td3():
             h = torch.relu(torch.nn.LayerNorm(H[1], elementwise_affine=False)(torch.relu(ln(x @ W0 + b0)) @ W1 + b1))
             torch.testing.assert_close(q[t, i], (h @ W2 + b2)[:, 0])
     agent.layer_norm = False
-    plain = td3.mlp(
+    plain = policy.mlp(
         [(W.flatten(0, 1), b.flatten(0, 1)) for W, b in agent.critic], torch.cat([obs, act], -1).repeat(2, 1, 1), None
     )
     assert torch.equal(agent.twin_q(agent.critic, obs, act), plain.view(2, K, B))
@@ -661,22 +632,22 @@ def test_layer_norm_runs_write_it_into_the_experts_and_collect_reads_it(tiny_arg
     import collect
 
     td3.main(tiny_args(tmp_path / "run", total_timesteps=400, layer_norm=True, eval_episodes=1))
-    e = td3.load_experts(tmp_path / "run")[0]
+    e = policy.load_experts(tmp_path / "run")[0]
     assert e["critic_layer_norm"] is True
     collect.main(collect.Args(experts=str(tmp_path / "run"), out_dir=str(tmp_path / "ro"), episodes=1, seed=3))
     d = {n: np.load(tmp_path / "ro" / f"{n}.npy", allow_pickle=False) for n in ("obs", "action", "q", "context_id")}
     rows = d["context_id"] == 0
     sa = torch.as_tensor(np.concatenate([d["obs"][rows], d["action"][rows]], 1))[None]
-    critic = td3.expert_layers(e, "critic1")
-    np.testing.assert_allclose(d["q"][rows], td3.mlp(critic, sa, None, True)[0, :, 0].numpy(), rtol=1e-5, atol=1e-5)
-    assert not np.allclose(d["q"][rows], td3.mlp(critic, sa, None)[0, :, 0].numpy(), rtol=1e-3)
+    critic = policy.expert_layers(e, "critic1")
+    np.testing.assert_allclose(d["q"][rows], policy.mlp(critic, sa, None, True)[0, :, 0].numpy(), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(d["q"][rows], policy.mlp(critic, sa, None)[0, :, 0].numpy(), rtol=1e-3)
 
 
 def test_resume_of_a_checkpoint_older_than_a_flag_compares_it_with_the_default(tiny_args, tmp_path):
     """A checkpoint written before --layer-norm existed lacks the flag: resuming it plain is the same run, resuming
     it with --layer-norm is another and is refused."""
     td3.main(tiny_args(tmp_path / "run", total_timesteps=400))
-    ck = td3.safe_load(tmp_path / "run" / "checkpoint.pt")
+    ck = runio.safe_load(tmp_path / "run" / "checkpoint.pt")
     del ck["args"]["layer_norm"]
     torch.save(ck, tmp_path / "run" / "checkpoint.pt")
     args = tiny_args(tmp_path / "run", total_timesteps=600, resume=True)
@@ -696,7 +667,7 @@ def test_sac_sample_is_a_tanh_gaussian_with_its_log_probability():
     agent = td3.TD3(K, S, A, (8,), 1e-3, "cpu", sac=True)
     obs, eps = torch.randn(K, B, S), torch.randn(K, B, A)
     act, logp = agent.sample(agent.actor, obs, eps)
-    out = td3.mlp(agent.actor, obs, None)  # [K, B, 2A]: mean, then the raw log-std
+    out = policy.mlp(agent.actor, obs, None)  # [K, B, 2A]: mean, then the raw log-std
     mean, log_std = out[..., :A], -5 + 3.5 * (torch.tanh(out[..., A:]) + 1)
     x = mean + log_std.exp() * eps
     want = torch.distributions.Normal(mean, log_std.exp()).log_prob(x).sum(-1) - torch.log(1 - torch.tanh(x) ** 2 + 1e-6).sum(-1)
@@ -704,7 +675,7 @@ def test_sac_sample_is_a_tanh_gaussian_with_its_log_probability():
     torch.testing.assert_close(logp, want)
     assert log_std.min() >= -5 and log_std.max() <= 2
     # the deterministic policy is tanh of the mean head: what rollouts, snapshots and expert files see
-    torch.testing.assert_close(td3.mlp(agent.policy(agent.actor), obs), torch.tanh(mean))
+    torch.testing.assert_close(policy.mlp(agent.policy(agent.actor), obs), torch.tanh(mean))
     assert agent.expert_weights(1)["actor"][-1].shape == (1, A) and agent.actor[-1][0].shape == (K, 8, 2 * A)
 
 
@@ -742,12 +713,14 @@ def test_sac_run_writes_mean_policy_experts_that_replay_their_evaluation(tiny_ar
     r = td3.main(
         tiny_args(tmp_path / "run", total_timesteps=400, sac=True, eval_episodes=1, snapshot_interval=100, snapshot_start=200)
     )
-    e = td3.load_experts(tmp_path / "run")[0]  # check_expert: actor shapes [S,16], [16,16], [16,A]
+    e = policy.load_experts(tmp_path / "run")[0]  # check_expert: actor shapes [S,16], [16,16], [16,A]
     assert e["args"]["sac"] is True
     snaps = np.load(tmp_path / "run" / f"snapshots_{e['label']}.npy", allow_pickle=False)
-    assert snaps.shape == (3, td3.n_params(td3.layer_sizes(e["obs_dim"], e["hidden"], e["act_dim"])))
-    assert np.array_equal(snaps[-1], td3.flatten_layers(td3.expert_layers(e))[0].numpy())  # the last snapshot is the final actor
-    again = td3.evaluate_policy(e["task"], e["context"], td3.expert_layers(e), 1, e["eval_seed"])
+    assert snaps.shape == (3, policy.n_params(policy.layer_sizes(e["obs_dim"], e["hidden"], e["act_dim"])))
+    assert np.array_equal(
+        snaps[-1], policy.flatten_layers(policy.expert_layers(e))[0].numpy()
+    )  # the last snapshot is the final actor
+    again = policy.evaluate_policy(e["task"], e["context"], policy.expert_layers(e), 1, e["eval_seed"])
     assert again["return_mean"] == pytest.approx(r["eval"][e["label"]]["return_mean"])
 
 
@@ -772,3 +745,11 @@ def test_sac_temperature_falls_when_the_entropy_is_above_minus_act_dim():
         noise_clip=0.5,
     )
     torch.testing.assert_close(agent.log_alpha.detach(), before - 1e-2)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the check runs for minutes")
+def test_gpu_check_refuses_without_cuda_in_one_line():
+    r = subprocess.run(
+        ["bash", "benchmarks/gpu.sh"], cwd=ROOT, capture_output=True, text=True, env=os.environ | {"PYTHON": sys.executable}
+    )
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "no CUDA device" in r.stderr
