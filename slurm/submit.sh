@@ -7,10 +7,10 @@
 #   TASK=cheetah-vel CONTEXTS="0.5 1.5 2.5" TEST_CONTEXTS=1.5 STEPS=300 SHARDS=2 TD3_ARGS="--hidden 16 16 ..." \
 #     APPROXIMATORS=hyperzero PIPELINE_GPUS=0 RUN=runs/trial slurm/submit.sh
 #
-# The defaults are the paper-scale Gen-HypRL MetaWorld run (8 seen + 8 unseen tasks, 1M steps, snapshots, the README's
+# The defaults are the paper-scale Gen-HypRL MetaWorld run (8 seen + 8 unseen tasks, 1M steps, snapshots, docs/results_genhyprl.md's
 # generator sizes). MetaWorld experts are simulation-bound (one process steps every task's simulator in turn), so 8
-# CPU shards of 2 tasks each run side by side instead of the README's estimated 1-2 days in one process.
-# Cheetah-Vel's 40 goals instead (GOALS and TEST as in the README's Cheetah-Vel run):
+# CPU shards of 2 tasks each run side by side instead of the estimated 1-2 days (docs/results_genhyprl.md) in one process.
+# Cheetah-Vel's 40 goals instead (GOALS and TEST as in docs/results_genhyprl.md's Cheetah-Vel run):
 #   TASK=cheetah-vel CONTEXTS="$GOALS" TEST_CONTEXTS="$TEST" STEPS=500000 SHARDS=4 \
 #     TD3_ARGS="--hidden 128 128 --snapshot-interval 500 --snapshot-start 150000" \
 #     APPROXIMATORS="hyperzero hyplatent hypformer" HYPERZERO_ARGS="--epochs 500 --learning-rate 1e-4" \

@@ -15,7 +15,7 @@
 #   THREADS=1           torch threads per stage: the two expert runs side by side take one core each
 #   RETRY=<tasks>       default: the tasks whose expert in experts_seen/unseen has deterministic success < 0.8
 #   RETRY_STEPS=400000  RETRY_SEED=2
-# The expert recipe (README, "MetaWorld experts"): hidden 64, SAC's entropy-regularised actor (--sac), snapshots every 2000
+# The expert recipe (docs/results_experts.md, "MetaWorld experts"): hidden 64, SAC's entropy-regularised actor (--sac), snapshots every 2000
 # steps from 40k, the best deterministic evaluation kept (--keep-best). One deterministic episode per evaluation and
 # per generated policy: MetaWorld fixes the goal by the seed, so a deterministic policy's episodes are identical.
 set -euo pipefail

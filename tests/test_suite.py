@@ -197,7 +197,7 @@ PUBLISHED = ROOT / "experts" / "metaworld"
 
 
 def test_published_metaworld_experts_are_the_16_tasks_and_replay_their_evaluation():
-    """The committed experts (README, "Trained experts"): one per task of the paper's split, one architecture, and each
+    """The committed experts (docs/results_experts.md): one per task of the paper's split, one architecture, and each
     one's deterministic evaluation, replayed from its file, gives the success and return recorded in it."""
     seen, unseen = genhyprl_split()
     experts = policy.load_experts(PUBLISHED)
