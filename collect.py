@@ -21,6 +21,7 @@ replays exactly the episodes stored here. manifest.json is written last: a set w
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -110,6 +111,8 @@ def read_manifest(path, fields: dict) -> dict:
         if not isinstance(man[key], types) or isinstance(man[key], bool):
             want = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
             raise UserError(f"{path}: {key!r} is {man[key]!r:.60}; expected a {want}")
+        if isinstance(man[key], float) and not math.isfinite(man[key]):
+            raise UserError(f"bad data in {path}: {key!r} is {man[key]}")
     return man
 
 
@@ -126,6 +129,10 @@ def check_experts(experts: list[dict], files: list[Path]) -> None:
     collect.py reads too, and all share one set of context variables."""
     for e, f in zip(experts, files):
         policy.require_keys(e, EXPERT_KEYS, f)
+        try:  # the context it was trained on must still be a valid one, before any rollout
+            tasks.validated_context(e["task"], e["context"].items()) if e["task"] != "metaworld" else None
+        except UserError as err:
+            raise UserError(f"{f}: {err}") from None
     seen = {json.dumps(e["context_names"]) for e in experts}
     if len(seen) > 1:
         raise UserError(f"experts differ in context_names ({', '.join(sorted(seen))}): put one task's experts in one directory")
@@ -325,6 +332,7 @@ def main(args: Args) -> dict:
         "args": asdict(args),
     }
     runio.atomic_save(json.dumps(manifest, indent=2), out / "manifest.json")  # last: marks the set complete
+    runio.finish_out_dir(out)
     n_beh = 0 if behaviour is None else len(behaviour["params"])
     print(f"wrote {manifest['counts']['rows']} rows and {n_beh} behaviour policies to {out}")
     return {"out_dir": str(out), "manifest": manifest, "behaviour_count": n_beh}

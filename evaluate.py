@@ -16,17 +16,17 @@ table aggregate each method over its runs and the contexts of a split (training 
 interquartile mean (IQM) of the expert-normalised score (MetaWorld: also of the success rate) with 95 % stratified
 bootstrap intervals (Agarwal et al. 2021, "Deep RL at the edge of the statistical precipice"): `bootstrap_ci`.
 
-Writes results.json / results.csv (one row per method, run and context), summary.json, returns.png (return against
-context, expert drawn, held-out contexts marked; several runs: their mean and min-max), normalized.png (mean
-expert-normalised score on training and held-out contexts per method, with its interval), heatmap.png (two
-context variables varied, as cheetah-run speed + length: each approximator's normalised score over the grid, held-out
-cells boxed), success.png (MetaWorld: success per task and method); with --capture-video one GIF per (method, run,
-context). Every file is written atomically (a temp file, then a rename).
+Rows beside the methods: random (score 0), expert (the context's own), and nearest-expert: the expert of the closest
+training context used zero-shot (ties: their mean), the yardstick a method must beat to show transfer. Score 1 is the
+best return any expert achieves on the context (--reference best). Writes results.json / .csv (one row per method, run
+and context), summary.json, returns.png, normalized.png, heatmap.png (two context variables varied), success.png
+(MetaWorld), videos/ with --capture-video. Walk-through: docs/evaluate.md.
 """
 
 from __future__ import annotations
 
 import csv
+import ctypes.util
 import io
 import json
 import os
@@ -34,9 +34,16 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 if "--capture-video" in sys.argv:  # MuJoCo picks its GL backend when first imported (osmesa on CPU, egl on GPU)
     os.environ.setdefault("MUJOCO_GL", "egl" if os.path.exists("/dev/nvidia0") else "osmesa")
+    if os.environ["MUJOCO_GL"] == "osmesa" and not ctypes.util.find_library("OSMesa"):  # else an AttributeError at import
+        print(
+            "error: --capture-video renders with OSMesa and libOSMesa is not installed (Debian: apt-get install libosmesa6)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
 
 import numpy as np
 import torch
@@ -72,6 +79,10 @@ class Args:
     """contexts to evaluate (as td3.py's --contexts); default: the experts' and every approximator split's"""
     episodes: int = 5
     """episodes per policy and context"""
+    reference: Literal["best", "own"] = "best"
+    """what 'expert = 1' means in the normalised score: 'best', the best return that any expert of --experts achieves
+    on the context (every expert rolled out on every context, on the same seeds), which a weak expert cannot game;
+    'own', the context's own expert"""
     samples: int = 4
     """generated policies per context for the generative methods (hyplatent, hypformer)"""
     adapt_transitions: int = 200
@@ -218,13 +229,8 @@ def plot(rows: list[dict], task: str, out: Path, summary: list[dict] | None = No
     for method in dict.fromkeys(r["method"] for r in rows):
         rs = [r for r in rows if r["method"] == method]
         at = sorted({xs[r["label"]] for r in rs})
-        style = (
-            {"color": "k", "lw": 2.5, "zorder": 3}
-            if method == "expert"
-            else {"ls": ":", "color": "0.5"}
-            if method == "random"
-            else {}
-        )
+        style = {"expert": {"color": "k", "lw": 2.5, "zorder": 3}, "random": {"ls": ":", "color": "0.5"}}.get(method, {})
+        style = {"color": "k", "ls": "--", "lw": 1.2} if method == "nearest-expert" else style
         runs = len({r.get("run") for r in rs})
         if runs == 1:  # one run: its mean return and the spread over episodes
             by = {xs[r["label"]]: r for r in rs}
@@ -267,15 +273,12 @@ def plot(rows: list[dict], task: str, out: Path, summary: list[dict] | None = No
     fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(labels)), 3.8))
     width = 0.8 / len(methods)
     for j, m in enumerate(methods):
-        per = {
-            lab: [r["success_rate"] for r in rows if r["method"] == m and r["label"] == lab and r["success_rate"] is not None]
-            for lab in labels
-        }
+        rs = [r for r in rows if r["method"] == m and r["success_rate"] is not None]
+        per = {lab: [r["success_rate"] for r in rs if r["label"] == lab] for lab in labels}
         mean = [np.mean(per[lab]) if per[lab] else np.nan for lab in labels]  # over runs
         ax.bar(np.arange(len(labels)) + width * (j - (len(methods) - 1) / 2), mean, width, label=m)
-    ax.set_xticks(
-        range(len(labels)), [lab + (" (held out)" if xs[lab] in held else "") for lab in labels], rotation=30, ha="right"
-    )
+    names = [lab + (" (held out)" if xs[lab] in held else "") for lab in labels]
+    ax.set_xticks(range(len(labels)), names, rotation=30, ha="right")
     ax.set_ylabel("success rate (mean over runs)")
     ax.set_ylim(0, 1.25)  # room for the legend above the bars
     ax.legend(fontsize=8, ncol=len(methods))
@@ -388,7 +391,8 @@ def write_results(rows: list[dict], task: str, args: Args, out: Path) -> tuple[l
     runio.atomic_save(buf.getvalue(), out / "results.csv")
     summary = summarize(rows, args.bootstrap_reps, args.seed, args.resample_contexts)
     plots = plot(rows, task, out, summary)
-    print("\n" + format_table(summary))
+    ref = "the best return of any expert on that context" if args.reference == "best" else "the context's own expert"
+    print("\n" + format_table(summary) + f"\n\nnormalised score: (R - random) / (reference - random); reference = {ref}")
     runio.atomic_save(json.dumps({"args": asdict(args), "summary": summary}, indent=1), out / "summary.json")
     return summary, plots
 
@@ -407,13 +411,10 @@ def main(args: Args) -> dict:
     sources = load_sources(args.policies)  # (run, checkpoint, module)
     if not experts and not sources:
         raise UserError("nothing to evaluate: give --experts and/or --policies")
-    task_names = {e["task"] for e in experts} | {ck["task"] for _, ck, _ in sources}
-    if len(task_names) != 1:
-        raise UserError(f"experts and policies come from different tasks: {sorted(task_names)}")
-    task = task_names.pop()
-    dims = {(e["obs_dim"], e["act_dim"]) for e in experts} | {(ck["obs_dim"], ck["act_dim"]) for _, ck, _ in sources}
-    if len(dims) != 1:
-        raise UserError(f"observation/action sizes differ between experts and policies: {sorted(dims)}")
+    for key in ("task", "obs_dim", "act_dim"):
+        if len(found := {e[key] for e in experts} | {ck[key] for _, ck, _ in sources}) != 1:
+            raise UserError(f"experts and policies differ in {key}: {sorted(found)}")
+    task = experts[0]["task"] if experts else sources[0][1]["task"]
     by_label = {e["label"]: e for e in experts}
     if args.contexts:
         contexts = tasks.parse_contexts(task, args.contexts, args.seed)
@@ -431,28 +432,14 @@ def main(args: Args) -> dict:
     heldout_of = lambda lab: (lab not in trained) if sources else None  # noqa: E731
 
     def add(method, run, ctx, res, heldout, n_policies=1, extra=None):
+        row = {"method": method, "run": run, "task": task, "context": ctx, "label": tasks.context_label(ctx), "heldout": heldout}
+        row |= {"episodes": args.episodes, "n_policies": n_policies, "return_mean": res["return_mean"]}
         rows.append(
-            {
-                "method": method,
-                "run": run,
-                "task": task,
-                "context": ctx,
-                "label": tasks.context_label(ctx),
-                "heldout": heldout,
-                "episodes": args.episodes,
-                "n_policies": n_policies,
-                "return_mean": res["return_mean"],
-                "return_std": res["return_std"],
-                "success_rate": res["success_rate"],
-                "normalized": None,
-                **(extra or {}),
-            }
+            row | {"return_std": res["return_std"], "success_rate": res["success_rate"], "normalized": None} | (extra or {})
         )
         sr = f"  success {res['success_rate']:.2f}" if res["success_rate"] is not None else ""
-        print(
-            f"{method:>18} {rows[-1]['label']:>22}{' (held out)' if heldout else '':11}: return {res['return_mean']:9.2f} +- {res['return_std']:.2f}{sr}",
-            flush=True,
-        )
+        ret = f"return {res['return_mean']:9.2f} +- {res['return_std']:.2f}{sr}"
+        print(f"{method:>18} {row['label']:>22}{' (held out)' if heldout else '':11}: {ret}", flush=True)
 
     for ctx, lab in zip(contexts, labels):
         add("random", None, ctx, policy.evaluate_policy(task, ctx, None, args.episodes, args.seed), heldout_of(lab))  # score 0
@@ -461,6 +448,22 @@ def main(args: Args) -> dict:
             layers = policy.expert_layers(e, device=device)
             res = policy.evaluate_policy(task, e["context"], layers, args.episodes, args.seed)
             add("expert", None, e["context"], res, heldout_of(lab))
+
+    # every expert on every other context, on the same seeds: the best-expert reference and the nearest-expert row,
+    # the yardstick of zero-shot transfer (the expert of the closest training context, used as it is)
+    cross = {}
+    for e in experts:
+        layers = policy.expert_layers(e, device=device)
+        for ctx, lab in ((c, lab) for c, lab in zip(contexts, labels) if lab != e["label"]):
+            cross[e["label"], lab] = policy.evaluate_policy(task, ctx, layers, args.episodes, args.seed)
+    pool = [e for e in experts if e["label"] in trained]
+    for ctx, lab in zip(contexts, labels):
+        if others := [e for e in pool if e["label"] != lab] if task != "metaworld" else []:
+            near = [others[i]["label"] for i in tasks.nearest(task, ctx, [e["context"] for e in others])]
+            res = {k: float(np.mean([cross[n, lab][k] for n in near])) for k in ("return_mean", "return_std")}
+            add("nearest-expert", None, ctx, res | {"success_rate": None}, heldout_of(lab), extra={"neighbours": near})
+    best = {lab: max([r["return_mean"] for r in rows if r["method"] == "expert" and r["label"] == lab] +
+                     [v["return_mean"] for (_, c), v in cross.items() if c == lab]) for lab in labels}  # fmt: skip
 
     methods = [method_of(ck, mod) for _, ck, mod in sources]
     for j, (run, ck, mod) in enumerate(sources):
@@ -490,33 +493,36 @@ def main(args: Args) -> dict:
             trans = [expert_transitions(task, by_label[lab], args.adapt_transitions, args.seed, device) for _, lab in todo]
             adapted = mod.adapt_policies(ck, [ctx for ctx, _ in todo], trans, steps, device=device) if todo else []
             for i, (ctx, lab) in enumerate(todo):
-                res = policy.evaluate_policy(
-                    task, ctx, [(W[i : i + 1], b[i : i + 1]) for W, b in adapted], args.episodes, args.seed
-                )
+                own = [(W[i : i + 1], b[i : i + 1]) for W, b in adapted]
+                res = policy.evaluate_policy(task, ctx, own, args.episodes, args.seed)
                 extra = {"adapt_transitions": args.adapt_transitions, "adapt_steps": steps}
                 add(f"{method}-adapted", run, ctx, res, lab not in train, extra=extra)
 
-    normalize(rows)
+    normalize(rows, best if args.reference == "best" else None)
     if args.capture_video:
         for e in experts:
             if e["label"] in labels:
                 layers = policy.expert_layers(e, device=device)
                 save_video(task, e["context"], layers, args.seed, out / "videos" / f"expert_{e['label']}.gif")
     summary, plots = write_results(rows, task, args, out)
+    runio.finish_out_dir(out)
     print(f"\nwrote results.json, results.csv, summary.json, {', '.join(plots)} to {out}  ({time.time() - t0:.0f} s)")
     return {"rows": rows, "summary": summary, "out_dir": str(out)}
 
 
-def normalize(rows: list[dict]) -> None:
-    """Expert-normalised score, in place: (R - random) / (expert - random) in the same context; None
-    where the context has no expert or expert and random tie."""
-    ref = {(r["method"], r["label"]): r["return_mean"] for r in rows}
+def normalize(rows: list[dict], reference: dict | None = None) -> None:
+    """Expert-normalised score, in place: (R - random) / (reference - random) in the same context, the reference being
+    reference[label] (--reference best: the best expert's return there) or else the context's own expert's return, and
+    written into each row; None where a context has neither, or reference and random tie."""
+    ret = {(r["method"], r["label"]): r["return_mean"] for r in rows}
     for r in rows:
-        if ("expert", r["label"]) in ref and r["method"] != "random":
-            lo, hi = ref[("random", r["label"])], ref[("expert", r["label"])]
-            r["normalized"] = float((r["return_mean"] - lo) / (hi - lo)) if abs(hi - lo) > 1e-8 else None
-        elif r["method"] == "random" and ("expert", r["label"]) in ref:
-            r["normalized"] = 0.0
+        hi = (reference or {}).get(r["label"], ret.get(("expert", r["label"])))
+        if hi is None or ("random", r["label"]) not in ret:
+            continue
+        lo = ret[("random", r["label"])]
+        r["reference_return"] = hi
+        score = float((r["return_mean"] - lo) / (hi - lo)) if abs(hi - lo) > 1e-8 else None
+        r["normalized"] = 0.0 if r["method"] == "random" else score
 
 
 def top_k_success(per_policy: list[float], ks=(5, 10)) -> dict:

@@ -353,7 +353,7 @@ def heldout_bc(model, data: dict, ids: list[int]) -> float | None:
     return err / count
 
 
-def fit(model, opt, steps: int, batch_loss, heldout, log_interval: int, max_grad_norm: float = 0.0, tracker=None) -> list[dict]:
+def fit(model, opt, steps, batch_loss, heldout, log_interval, max_grad_norm=0.0, tracker=None, lr_flags="--learning-rate"):
     """The training loop of every model here and in meta.py: `steps` optimiser steps on batch_loss() -> (loss, its
     parts); a non-finite loss stops training with a message naming the step. Every log_interval steps (and at the
     last) one row of the mean losses since the previous row, heldout() (the held-out BC) and steps/s: printed, logged
@@ -366,7 +366,7 @@ def fit(model, opt, steps: int, batch_loss, heldout, log_interval: int, max_grad
             parts_s = ", ".join(f"{k} {v.item():.4g}" for k, v in parts.items())
             raise UserError(
                 f"non-finite loss at step {step}: {loss.item()} ({parts_s}); the rollouts are finite, so training diverged:"
-                " lower --learning-rate, or check the scale of the rollouts' values"
+                f" lower {lr_flags}, or check the scale of the rollouts' values"
             )
         opt.zero_grad()
         loss.backward()
@@ -538,6 +538,7 @@ def main(args: Args) -> dict:
         "history": history,
     }
     runio.atomic_save(ckpt, out / "hyperzero.pt")
+    runio.finish_out_dir(out)
     print(
         f"wrote {out / 'hyperzero.pt'}  (train bc {final['bc']:.4g}, held-out bc {final['test_bc']}, {final['steps_per_s']:.0f} steps/s)"
     )

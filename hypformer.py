@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 import hyplatent
 from policy import unflatten_layers
-from runio import Tracker, UserError, atomic_save, check_flags, cli, prepare_out_dir, resolve_device, safe_load
+from runio import Tracker, UserError, atomic_save, check_flags, cli, finish_out_dir, prepare_out_dir, resolve_device, safe_load
 from tasks import context_label
 
 FORMAT = "cleanhyper-hypformer-v1"
@@ -262,6 +262,7 @@ def main(args: Args) -> dict:
         "stats": stats,
     }
     atomic_save(ckpt, out / "hypformer.pt")
+    finish_out_dir(out)
     print(f"wrote {out / 'hypformer.pt'}  ({time.time() - t0:.0f} s)")
     return {"checkpoint": str(out / "hypformer.pt"), **stats, "wall_s": time.time() - t0}
 

@@ -29,9 +29,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import runio
 from collect import load_array, read_manifest
 from policy import n_params, unflatten_layers
-from runio import Tracker, UserError, atomic_save, check_flags, cli, prepare_out_dir, resolve_device, safe_load, save_figure
+from runio import UserError
 from tasks import TASKS, context_label, parse_contexts
 
 FORMAT = "cleanhyper-hyplatent-v1"
@@ -362,7 +363,7 @@ def load_checkpoint(path) -> dict:
     if path.is_dir() and not (path / "hyplatent.pt").is_file():
         raise UserError(f"no hyplatent.pt in {path} (the --out-dir of a hyplatent.py run)")
     path = path / "hyplatent.pt" if path.is_dir() else path
-    ck = safe_load(path)
+    ck = runio.safe_load(path)
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         fmt = ck.get("format") if isinstance(ck, dict) else type(ck).__name__
         raise UserError(f"{path} is not a HypLatent checkpoint (format {fmt!r}; expected {FORMAT!r})")
@@ -491,7 +492,7 @@ def plot_latent_pca(ckpt: dict, data_dir, path, per_context: int = 200) -> None:
     ax.set(xlabel="PC 1", ylabel="PC 2", title=f"HypLatent latents, {data['task']} ({ckpt['condition']} condition)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    save_figure(fig, path)
+    runio.save_figure(fig, path)
 
 
 OUTPUTS = ("hyplatent.pt", "latent_pca.png", "tb")  # what a run writes into --out-dir
@@ -502,12 +503,14 @@ def main(args: Args) -> dict:
     positive = ("latent_dim", "ae_steps", "ae_batch_size", "ae_lr", "embed_dim", "embed_hidden", "embed_steps")
     positive += ("embed_batch_size", "embed_lr", "gan_steps", "gan_batch_size", "gan_lr")
     nonnegative = ("seed", "ae_weight_decay", "ae_loss_weight", "noise_dim", "lambda_reg", "paired_l2_weight")
-    check_flags(args, positive, nonnegative + ("torch_threads", "log_interval"), ("input_noise", "latent_noise", "dropout"))
+    runio.check_flags(args, positive, nonnegative + ("torch_threads", "log_interval"), ("input_noise", "latent_noise", "dropout"))
     if args.latent_dim < 8:
         raise UserError(f"--latent-dim must be >= 8 (the generator narrows 2 x latent-dim by 8), got {args.latent_dim}")
+    if args.gan_batch_size < 2:
+        raise UserError(f"--gan-batch-size must be >= 2 (the generator's BatchNorm needs 2 samples), got {args.gan_batch_size}")
     if args.condition not in ("auto", "context", "behaviour"):
         raise UserError(f"--condition must be auto, context or behaviour, not '{args.condition}'")
-    dev = resolve_device(args.device)
+    dev = runio.resolve_device(args.device)
     data = load_data(args.data)
     labels = [context_label(c) for c in data["contexts"]]
     kind = args.condition if args.condition != "auto" else ("context" if data["context_names"] else "behaviour")
@@ -520,17 +523,16 @@ def main(args: Args) -> dict:
     train = torch.tensor([labels[i] not in test for i in ids.tolist()])  # [M] bool
     if train.sum() < 2:
         raise UserError("fewer than 2 training samples after holding out --test-contexts")
-    out = prepare_out_dir(args.out_dir, OUTPUTS, overwrite=args.overwrite)
+    out = runio.prepare_out_dir(args.out_dir, OUTPUTS, overwrite=args.overwrite)
 
     torch.manual_seed(args.seed)
     if args.torch_threads:  # 0: torch's default
         torch.set_num_threads(args.torch_threads)
     t_start = time.time()
-    tracker = Tracker(out, args, track=args.track, project=args.wandb_project_name, entity=args.wandb_entity)
+    tracker = runio.Tracker(out, args, track=args.track, project=args.wandb_project_name, entity=args.wandb_entity)
     with closing(tracker):  # closed on an error too: the losses up to a failure stay readable in out_dir/tb
         args = replace(args, noise_dim=args.noise_dim or (4 if kind == "context" else 128))  # the paper's sizes
-        sizes = data["policy_sizes"]
-        chunks = chunks_of(sizes)
+        sizes, chunks = data["policy_sizes"], chunks_of(data["policy_sizes"])
         print(f"{data['task']}: {int(train.sum())} train / {int((~train).sum())} held-out samples, P = {sum(chunks)}, {kind}")
         ckpt = {"format": FORMAT, "task": data["task"], "obs_dim": data["obs_dim"], "act_dim": data["act_dim"]}
         ckpt.update(policy_sizes=sizes, condition=kind, context_names=data["context_names"], chunks=chunks)
@@ -579,21 +581,20 @@ def main(args: Args) -> dict:
             data_dir=str(Path(args.data).resolve()),
             split={"train": [data["contexts"][k] for k in present if labels[k] not in test]}
             | {"test": [data["contexts"][labels.index(t)] for t in test]},
-            summary={  # per context present in the data: sample count, mean condition and mean latent (normalised)
-                "labels": [labels[k] for k in present],
-                "count": [int((ids == k).sum()) for k in present],
-                "condition_mean": torch.stack([C[ids == k].mean(0) for k in present]),
-                "latent_mean": torch.stack([Z[ids == k].mean(0) for k in present]),
-            },
+            # per context present in the data: sample count, mean condition and mean latent (normalised)
+            summary={"labels": [labels[k] for k in present], "count": [int((ids == k).sum()) for k in present]}
+            | {"condition_mean": torch.stack([C[ids == k].mean(0) for k in present])}
+            | {"latent_mean": torch.stack([Z[ids == k].mean(0) for k in present])},
             stats={"autoencoder": ae_stats, "embed_accuracy": embed_acc, "gan": gan_stats},
         )
     # the checkpoint last: it marks a complete run
     plot_latent_pca(ckpt, args.data, out / "latent_pca.png")
-    atomic_save(ckpt, out / "hyplatent.pt")
+    runio.atomic_save(ckpt, out / "hyplatent.pt")
+    runio.finish_out_dir(out)
     wall = time.time() - t_start
     print(f"wrote {out / 'hyplatent.pt'} and {out / 'latent_pca.png'}  ({wall:.0f} s)")
     return {"checkpoint": str(out / "hyplatent.pt"), "plot": str(out / "latent_pca.png"), **ckpt["stats"], "wall_s": wall}
 
 
 if __name__ == "__main__":
-    cli(main, Args)
+    runio.cli(main, Args)

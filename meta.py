@@ -328,7 +328,10 @@ def main(args: Args) -> dict:
     clip = args.max_grad_norm if args.model == "maml" else 0.0
     tracker = runio.Tracker(out, args, track=args.track, project=args.wandb_project_name, entity=args.wandb_entity)
     try:
-        history = fit(model, opt, args.steps, batch_loss, lambda: heldout_bc(model, data, test), args.log_interval, clip, tracker)
+        lr_flags = "--learning-rate or --inner-lr" if args.model == "maml" else "--learning-rate"
+        history = fit(
+            model, opt, args.steps, batch_loss, lambda: heldout_bc(model, data, test), args.log_interval, clip, tracker, lr_flags
+        )
     finally:
         tracker.close()
 
@@ -356,6 +359,7 @@ def main(args: Args) -> dict:
         "history": history,
     }
     runio.atomic_save(ckpt, out / "meta.pt")
+    runio.finish_out_dir(out)
     print(
         f"wrote {out / 'meta.pt'}  (train bc {final['bc']:.4g}, held-out bc {final['test_bc']}, {final['steps_per_s']:.0f} steps/s)"
     )

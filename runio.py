@@ -11,12 +11,16 @@ so that tasks.py, which raises UserError, imports without torch.
 
 from __future__ import annotations
 
+import atexit
 import csv
+import errno
+import fcntl
 import io
 import math
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 from dataclasses import asdict
@@ -33,10 +37,18 @@ class UserError(Exception):
 def cli(main, args_cls) -> None:
     """Every stage's entry point: parse the flags (tyro turns Args' docstrings into --help), run main, and turn bad
     input into one line on stderr and exit code 2."""
+    args = tyro.cli(args_cls)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # as Ctrl-C: finally blocks and the --out-dir undo run
     try:
-        main(tyro.cli(args_cls))
+        main(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except (MemoryError, RuntimeError) as e:  # RuntimeError: torch's CPU allocator and torch.OutOfMemoryError (CUDA)
+        if not isinstance(e, MemoryError) and type(e).__name__ != "OutOfMemoryError" and "can't allocate memory" not in str(e):
+            raise
+        sizes = [f"--{f.replace('_', '-')}" for f in vars(args) if re.search("hidden|dim|size|heads|ffn|embed|latent|reps", f)]
+        print(f"error: out of memory; lower the sizes ({', '.join(sizes)}) or use a machine with more memory", file=sys.stderr)
         sys.exit(2)
 
 
@@ -68,31 +80,102 @@ def shard(spec: str, n: int) -> list[int]:
     return ids
 
 
+# --out-dir: one writer at a time, and an earlier run kept until the new one has succeeded
+_OPEN: dict[str, dict] = {}  # resolved --out-dir -> this process's claim on it (lock, what it set aside)
+ASIDE = ".previous"  # where --overwrite keeps the earlier run until finish_out_dir
+
+
 def prepare_out_dir(path, outputs: tuple[str, ...], resume: bool = False, overwrite: bool = False) -> Path:
-    """Check --out-dir before any work and create it. It must not be a file, must take a new file, and must not hold
-    an earlier run's outputs (glob patterns) unless --resume continues that run or --overwrite replaces it: then the
-    earlier outputs are removed first, so one directory never mixes two runs' files."""
+    """Check --out-dir before any work, create it and claim it. It must not be a file, must take a new file, must not
+    be written by another run at the same time (a lock, released when the process ends however it ends), and must not
+    hold an earlier run's outputs (glob patterns) unless --resume continues that run or --overwrite replaces it. The
+    earlier outputs are not deleted yet: they move to out/.previous, and finish_out_dir, at the end of a run that
+    succeeded, removes them; a run that fails (an error, Ctrl-C, SIGTERM) puts them back, byte for byte, and leaves
+    nothing of its own unless it wrote a checkpoint to resume from."""
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out-dir {out} is a file; give a directory (new or from an earlier run of this stage)")
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=out).close()  # the real test of writability (os.access says yes to root)
     except OSError as e:
         raise UserError(f"--out-dir {out} is not writable: {e.strerror}") from None
-    found = sorted({p for pattern in outputs for p in out.glob(pattern)})
-    if found and not resume:
-        if not overwrite:
-            names = ", ".join(p.name for p in found[:3]) + (", ..." if len(found) > 3 else "")
+    key = str(out.resolve())
+    if key in _OPEN:  # an earlier run of this process into it failed without finishing: undo it first
+        _undo(key)
+    fd = os.open(out, os.O_RDONLY)
+    try:  # flock on the directory itself: no lock file to go stale, the kernel drops it when the process dies
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UserError(
+            f"--out-dir {out} is being written by another run right now; wait for it or choose another --out-dir"
+        ) from None
+    claim = {"fd": fd, "out": out, "outputs": outputs, "moved": [], "created": created, "resume": resume}
+    _OPEN[key] = claim
+    try:
+        if (out / ASIDE).exists():
             raise UserError(
-                f"--out-dir {out} already holds an earlier run ({names}); pass --overwrite to replace it"
-                + (", --resume to continue it" if "checkpoint.pt" in outputs else "")
-                + ", or choose another --out-dir"
+                f"--out-dir {out} holds {out / ASIDE}, an earlier run that an interrupted --overwrite set aside: "
+                f"move its files back into {out} (or delete it), then run again"
             )
-        for p in found:
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
-        print(f"--overwrite: removed {len(found)} files of the earlier run in {out}")
+        found = sorted({p for pattern in outputs for p in out.glob(pattern)})
+        if found and not resume:
+            if not overwrite:
+                names = ", ".join(p.name for p in found[:3]) + (", ..." if len(found) > 3 else "")
+                raise UserError(
+                    f"--out-dir {out} already holds an earlier run ({names}); pass --overwrite to replace it"
+                    + (", --resume to continue it" if "checkpoint.pt" in outputs else "")
+                    + ", or choose another --out-dir"
+                )
+            (out / ASIDE).mkdir()
+            for p in found:
+                p.rename(out / ASIDE / p.name)
+                claim["moved"].append(p.name)
+            print(f"--overwrite: {len(found)} files of the earlier run set aside in {out / ASIDE} until this run succeeds")
+    except BaseException:
+        _OPEN.pop(key)
+        os.close(fd)
+        raise
     return out
+
+
+def finish_out_dir(out) -> None:
+    """The run succeeded: remove the earlier run that --overwrite set aside, and release --out-dir."""
+    claim = _OPEN.pop(str(Path(out).resolve()), None)
+    if claim is not None:
+        if claim["moved"]:
+            shutil.rmtree(claim["out"] / ASIDE)
+        os.close(claim["fd"])
+
+
+def _undo(key: str) -> None:
+    """A run that claimed --out-dir did not finish: put back what --overwrite set aside (after removing the new
+    outputs), or else remove the failed run's outputs, unless it resumed or left a checkpoint to resume from."""
+    claim = _OPEN.pop(key)
+    out = claim["out"]
+    try:
+        new = sorted({p for pattern in claim["outputs"] for p in out.glob(pattern)})
+        if claim["moved"] or not (claim["resume"] or (out / "checkpoint.pt").exists()):
+            for p in new:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        for name in claim["moved"]:
+            (out / ASIDE / name).rename(out / name)
+        if claim["moved"]:
+            (out / ASIDE).rmdir()
+        if claim["created"] and not any(out.iterdir()):
+            out.rmdir()
+    except OSError as e:  # at exit: say what is left rather than hide it
+        print(f"warning: could not restore {out} after a failed run ({e}); the earlier run is in {out / ASIDE}", file=sys.stderr)
+    finally:
+        os.close(claim["fd"])
+
+
+@atexit.register
+def _undo_unfinished() -> None:
+    for key in list(_OPEN):
+        _undo(key)
 
 
 def atomic_save(obj, path) -> None:
@@ -114,8 +197,10 @@ def atomic_save(obj, path) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         os.unlink(tmp)
+        if isinstance(e, OSError) and (e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) or "requested and" in str(e)):
+            raise UserError(f"disk full writing {path} (no space left, or a file-size limit); nothing was half-written") from None
         raise
 
 
@@ -130,16 +215,27 @@ def save_figure(fig, path, dpi: int = 100) -> None:
 
 
 def safe_load(path) -> dict:
-    """torch.load without pickle; a missing or corrupt file becomes one clear UserError."""
+    """torch.load without pickle; a missing or corrupt file, or a NaN or infinity in any of its tensors, becomes one
+    clear UserError."""
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"missing file: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickled objects, ...
         raise UserError(f"cannot load {path}: not a valid weights_only checkpoint ({type(e).__name__})") from None
+    stack = [("", obj)]  # every tensor inside, weights and optimiser states included, must be finite
+    while stack:
+        where, x = stack.pop()
+        if isinstance(x, dict):
+            stack += [(f"{where}.{k}" if where else str(k), v) for k, v in x.items()]
+        elif isinstance(x, (list, tuple)):
+            stack += [(f"{where}[{i}]", v) for i, v in enumerate(x)]
+        elif isinstance(x, torch.Tensor) and x.is_floating_point() and not x.isfinite().all():
+            raise UserError(f"bad data in {path}: {where} holds NaN or infinite values")
+    return obj
 
 
 def write_csv(path, rows: list[dict]) -> None:

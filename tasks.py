@@ -122,6 +122,12 @@ def parse_contexts(task: str, specs, seed: int = 0) -> list[dict]:
                 raise UserError(f"context '{spec}' of '{task}': '{item}' is not name=value ({valid_values(task)})")
         pairs = [(name.strip(), value) for name, _, value in (item.partition("=") for item in items)]
         out.append(validated_context(task, pairs))
+    labels = [context_label(c) for c in out]
+    if twice := sorted({lab for lab in labels if labels.count(lab) > 1}):
+        raise UserError(
+            f"duplicate contexts: {', '.join(twice)} given more than once (labels keep 6 significant digits, so 1.0000001 "
+            "is goal_1); give each context once"
+        )
     return out
 
 
@@ -130,6 +136,13 @@ def context_label(ctx: dict) -> str:
     if "env_name" in ctx:
         return ctx["env_name"]
     return "_".join(f"{k}_{v:g}" for k, v in ctx.items())
+
+
+def nearest(task: str, ctx: dict, pool: list[dict]) -> list[int]:
+    """Indices of the contexts of pool nearest to ctx, every variable scaled by its valid range (ties all kept)."""
+    span = {name: hi - lo for name, (_, lo, hi) in TASKS[task]["vars"].items()}
+    d = [math.sqrt(sum(((c[n] - ctx[n]) / span[n]) ** 2 for n in span)) for c in pool]
+    return [i for i, x in enumerate(d) if x <= min(d) + 1e-9]
 
 
 def context_vector(ctx: dict) -> list[float]:
@@ -243,9 +256,11 @@ def _with_model(env_cls, model: mujoco.MjModel):
 # ---------------------------------------------------------------------------------------------
 # Environments
 # ---------------------------------------------------------------------------------------------
-def family_env(task: str, render_mode: str | None = None, **context) -> gym.Env:
+def family_env(_family: str, render_mode: str | None = None, **context) -> gym.Env:
     """Entry point of gym.make("cleanhyper/<task>", **context): the MuJoCo env of the context, its reward replaced.
-    gym.make adds the time limit of the family."""
+    gym.make adds the time limit of the family. The id fixes the family (its registered _family; a task= keyword is
+    refused as a context variable the family does not have)."""
+    task = _family
     ctx = validated_context(task, context.items())
     env_cls = load_env_creator(gym.spec(TASKS[task]["gym_id"]).entry_point)
     kw = {"render_mode": render_mode}
@@ -262,7 +277,7 @@ for _task in FAMILIES:
         gym.register(
             f"cleanhyper/{_task}",
             entry_point=f"{__name__}:family_env",
-            kwargs={"task": _task},
+            kwargs={"_family": _task},
             max_episode_steps=TASKS[_task]["steps"],
         )
 

@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import runio
 from policy import evaluate_policy, expert_file, flatten_layers, init_layers, layer_sizes, mlp, tensors
-from runio import Tracker, UserError, atomic_save, check_flags, cli, prepare_out_dir, resolve_device, safe_load, shard, write_csv
+from runio import UserError
 from tasks import context_label, make_env, parse_contexts
 
 
@@ -218,8 +219,7 @@ class TD3:
             getattr(self, name).load_state_dict(s[name])
 
 
-def descend(opt, loss: torch.Tensor) -> torch.Tensor:
-    """One gradient step of opt on loss; returns the loss."""
+def descend(opt, loss: torch.Tensor) -> torch.Tensor:  # one gradient step of opt on loss
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -285,8 +285,7 @@ class RunState:
         self.best = self.best or [None] * self.agent.k
 
     def take_snapshot(self) -> None:
-        with torch.no_grad():
-            flat = flatten_layers(self.agent.policy(self.agent.actor)).cpu()  # [K, P]
+        flat = flatten_layers(self.agent.policy(self.agent.actor)).detach().cpu()  # [K, P]
         for i, snaps in enumerate(self.snapshots):
             snaps.append(flat[i].clone())
         self.snapshot_steps.append(self.step)
@@ -295,7 +294,7 @@ class RunState:
         ck = {"format": CHECKPOINT_FORMAT, "args": args, "agent": self.agent.state(), "replay": self.replay.state()}
         ck |= {f: getattr(self, f) for f in self.AS_IS}
         ck["snapshots"] = [torch.stack(s) if s else torch.zeros(0) for s in self.snapshots]
-        atomic_save(ck | {"rng": torch.get_rng_state()}, path)
+        runio.atomic_save(ck | {"rng": torch.get_rng_state()}, path)
 
     def restore(self, ck: dict, path) -> None:
         """Continue from a checkpoint that read_checkpoint accepted."""
@@ -314,7 +313,7 @@ def read_checkpoint(path, args: dict) -> dict:
     """--resume: the same run's checkpoint, checked before any work (flags outside RESUMABLE must match)."""
     if not Path(path).is_file():
         raise UserError(f"--resume: no checkpoint at {path}; start without --resume (or check --out-dir)")
-    ck = safe_load(path)
+    ck = runio.safe_load(path)
     if not isinstance(ck, dict) or "format" not in ck:
         raise UserError(f"cannot resume {path}: not a checkpoint written by td3.py")
     if ck["format"] != CHECKPOINT_FORMAT:
@@ -342,7 +341,7 @@ def same_flag(name: str, old, new, task: str) -> bool:
     return json.dumps(old) == json.dumps(new)
 
 
-def evaluate(run: RunState, args: Args, contexts: list[dict], labels: list[str], tracker: Tracker) -> None:
+def evaluate(run: RunState, args: Args, contexts: list[dict], labels: list[str], tracker: runio.Tracker) -> None:
     """Every context's deterministic actor on episodes seeded seed + 100000 + e: run.last_eval, run.best, logged."""
     for i, (ctx, lab) in enumerate(zip(contexts, labels)):
         r = evaluate_policy(args.task, ctx, run.agent.actor_of(i), args.eval_episodes, args.seed + 100_000)
@@ -364,15 +363,15 @@ NONNEGATIVE += ("snapshot_interval", "snapshot_start", "checkpoint_interval", "t
 
 def checked_contexts(args: Args) -> tuple[list[int], list[dict], list[str]]:
     """Every flag, before any work. Returns this shard's contexts: their places in --contexts, the contexts, labels."""
-    check_flags(args, positive=(*POSITIVE, "hidden"), nonnegative=NONNEGATIVE, fraction=("gamma", "tau"))
-    if args.learning_starts < args.batch_size:
-        raise UserError(f"--learning-starts {args.learning_starts} must be >= --batch-size {args.batch_size}")
-    contexts = parse_contexts(args.task, args.contexts, args.seed)
-    labels = [context_label(c) for c in contexts]
-    if not contexts or len(set(labels)) != len(labels):
-        raise UserError(f"duplicate contexts: {labels}" if contexts else "no contexts given (--contexts)")
-    ids = shard(args.shard, len(contexts))
-    return ids, [contexts[i] for i in ids], [labels[i] for i in ids]
+    runio.check_flags(args, positive=(*POSITIVE, "hidden"), nonnegative=NONNEGATIVE, fraction=("gamma", "tau"))
+    if not args.batch_size <= args.learning_starts < (args.total_timesteps if not args.resume else math.inf):  # updates
+        ls, bs, tt = args.learning_starts, args.batch_size, args.total_timesteps
+        raise UserError(f"--learning-starts {ls} must be >= --batch-size {bs} and < --total-timesteps {tt}")
+    contexts = parse_contexts(args.task, args.contexts, args.seed)  # refuses duplicates
+    if not contexts:
+        raise UserError("no contexts given (--contexts)")
+    ids = runio.shard(args.shard, len(contexts))
+    return ids, [contexts[i] for i in ids], [context_label(contexts[i]) for i in ids]
 
 
 def diverged(run: RunState, losses: dict) -> str:
@@ -394,12 +393,12 @@ def progress(run: RunState, labels: list[str], losses: dict, sps: float) -> dict
 
 def main(args: Args) -> dict:
     ids, contexts, labels = checked_contexts(args)  # every flag, before any work
-    device = resolve_device(args.device)
+    device = runio.resolve_device(args.device)
     if args.cudagraphs and device.type != "cuda":
         raise UserError(f"--cudagraphs needs a CUDA device; --device {args.device} gives {device}")
     ck = read_checkpoint(Path(args.out_dir) / "checkpoint.pt", asdict(args)) if args.resume else None
-    out = prepare_out_dir(args.out_dir, OUTPUTS, resume=args.resume, overwrite=args.overwrite)
-    tracker = Tracker(out, args, args.track, args.wandb_project_name, args.wandb_entity)
+    out = runio.prepare_out_dir(args.out_dir, OUTPUTS, resume=args.resume, overwrite=args.overwrite)
+    tracker = runio.Tracker(out, args, args.track, args.wandb_project_name, args.wandb_entity)
     torch.manual_seed(args.seed)
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
@@ -463,7 +462,7 @@ def main(args: Args) -> dict:
             if every and (run.step // every > run.last_ckpt // every or run.step >= args.total_timesteps):
                 run.last_ckpt = run.step
                 run.save(out / "checkpoint.pt", asdict(args))
-                write_csv(out / "metrics.csv", run.rows)
+                runio.write_csv(out / "metrics.csv", run.rows)
 
         if run.step % args.log_interval == 0:
             sps = (run.step - s0) / (time.time() - t0)  # since start (or resume); x K for expert-steps/s
@@ -480,20 +479,21 @@ def main(args: Args) -> dict:
     print(f"\nfinal evaluation (deterministic, {args.eval_episodes} episodes):")
     for i, (ctx, lab, r) in enumerate(zip(contexts, labels, final)):
         kept = run.best[i] if args.keep_best else {"step": run.step, "eval": r, **agent.expert_weights(i)}
-        atomic_save(expert_file(args, ctx, lab, kept, run.step, obs_dim, act_dim), paths[i])
+        runio.atomic_save(expert_file(args, ctx, lab, kept, run.step, obs_dim, act_dim), paths[i])
         if run.snapshots[i]:
-            atomic_save(torch.stack(run.snapshots[i]).numpy().astype(np.float32), out / f"snapshots_{lab}.npy")
+            runio.atomic_save(torch.stack(run.snapshots[i]).numpy().astype(np.float32), out / f"snapshots_{lab}.npy")
         sr = f"  success {r['success_rate']:.2f}" if r["success_rate"] is not None else ""
         note = f"  (kept step {run.best[i]['step']}: {run.best[i]['score']})" if args.keep_best else ""
         print(f"  {lab:>24}: return {r['return_mean']:9.2f} +- {r['return_std']:.2f}{sr}{note}")
     if run.snapshot_steps:
-        atomic_save(np.asarray(run.snapshot_steps, dtype=np.int64), out / "snapshot_steps.npy")
-    write_csv(out / "metrics.csv", run.rows)
-    atomic_save(json.dumps(asdict(args), indent=2), out / "args.json")
+        runio.atomic_save(np.asarray(run.snapshot_steps, dtype=np.int64), out / "snapshot_steps.npy")
+    runio.write_csv(out / "metrics.csv", run.rows)
+    runio.atomic_save(json.dumps(asdict(args), indent=2), out / "args.json")
+    runio.finish_out_dir(out)
     wall = time.time() - t0
     print(f"wrote {len(paths)} experts, metrics.csv, args.json{', snapshots' * bool(run.snapshot_steps)} to {out} ({wall:.0f} s)")
     return {"out_dir": str(out), "experts": [str(p) for p in paths], "eval": dict(zip(labels, final)), "wall_s": wall}
 
 
 if __name__ == "__main__":
-    cli(main, Args)
+    runio.cli(main, Args)

@@ -49,12 +49,16 @@ PIPELINE_CPUS=${PIPELINE_CPUS:-4}
 PIPELINE_GPUS=${PIPELINE_GPUS:-1}                   # the generators train on a GPU at this scale
 SBATCH_EXTRA=${SBATCH_EXTRA:-}                      # more sbatch options for both jobs, e.g. "--account=abc --qos=normal"
 
+# every setting is checked before anything is submitted: one line naming it, exit code 2 (as the Python stages)
+die() { echo "submit.sh: $*" >&2; exit 2; }
+for v in STEPS SHARDS SEED CPUS GPUS PIPELINE_CPUS PIPELINE_GPUS; do
+  [[ ${!v} =~ ^[0-9]+$ ]] || die "$v=${!v} must be a non-negative integer"
+done
+[[ -z $MAX_PARALLEL || $MAX_PARALLEL =~ ^[1-9][0-9]*$ ]] || die "MAX_PARALLEL=$MAX_PARALLEL must be a positive integer (or empty)"
 read -r -a contexts <<<"$CONTEXTS"
-if ((SHARDS < 1 || SHARDS > ${#contexts[@]})); then
-  echo "submit.sh: SHARDS=$SHARDS must be between 1 and the number of contexts (${#contexts[@]})" >&2
-  exit 1
-fi
-command -v sbatch >/dev/null || { echo "submit.sh: sbatch not found (no Slurm here; slurm/local_cluster.sh starts one)" >&2; exit 1; }
+((SHARDS >= 1 && SHARDS <= ${#contexts[@]})) || die "SHARDS=$SHARDS must be between 1 and the number of contexts (${#contexts[@]})"
+CHECK_ONLY=1 bash slurm/pipeline.sbatch || exit 2 # APPROXIMATORS and the rest of the pipeline's settings
+command -v sbatch >/dev/null || die "sbatch not found (no Slurm here; slurm/local_cluster.sh starts one)"
 
 read -r -a extra <<<"$SBATCH_EXTRA"
 common=(--parsable --export=ALL --chdir="$PWD" "${extra[@]}")

@@ -55,6 +55,9 @@ def load_rows(d: Path) -> list[dict]:
         raise UserError(f"cannot read {f}: not a results.json written by evaluate.py")
     if not any(r["method"] in GENERATORS for r in rows) or not any(r["method"] == "expert" for r in rows):
         raise UserError(f"{f} has no expert or no hyplatent / hypformer rows: not a suite/genhyprl.sh evaluation")
+    need = ("success_rate", "top5_success", "top10_success", "heldout")
+    if any(r.get(k) is None for r in rows if r["method"] in GENERATORS for k in need):
+        raise UserError(f"{f} has no success rates: not a MetaWorld evaluation (this table reads suite/genhyprl.sh's)")
     return rows
 
 
@@ -70,6 +73,7 @@ def cell(rows: list[dict], method: str, labels: set[str]) -> str:
 
 
 def main(args: Args) -> str:
+    runio.check_flags(args, fraction=("expert_success",))
     d = Path(args.eval)
     rows = load_rows(d)
     expert = {r["label"]: r["success_rate"] or 0.0 for r in rows if r["method"] == "expert"}

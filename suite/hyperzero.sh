@@ -26,6 +26,13 @@ PY=${PYTHON:-python}
 THREADS=${THREADS:-1}
 SEEDS=${SEEDS:-1 2 3}
 FIT=${FIT:-3000}
+SPLIT=${SPLIT:-paper}
+die() { echo "error: $*" >&2; exit 2; }  # every setting is checked here, before any stage starts (exit 2, as the stages)
+case $SPLIT in paper | hard) ;; *) die "SPLIT=$SPLIT; valid: paper, hard" ;; esac
+[[ $FIT =~ ^[1-9][0-9]*$ ]] || die "FIT=$FIT must be a positive integer (approximator gradient steps)"
+[[ $THREADS =~ ^[0-9]+$ ]] || die "THREADS=$THREADS must be an integer >= 0 (torch threads per stage)"
+[ -n "$SEEDS" ] || die "SEEDS is empty; give approximator seeds, e.g. SEEDS=\"1 2 3\""
+for s in $SEEDS; do [[ $s =~ ^[0-9]+$ ]] || die "SEEDS=\"$SEEDS\": '$s' is not a seed (an integer >= 0)"; done
 stage() { $PY "$@" --torch-threads "$THREADS"; }
 seq_ctx() { $PY -c "import sys; a, b, d = map(float, sys.argv[1:4]); print(*[f'{sys.argv[4]}{a + i * d:g}{sys.argv[5]}' for i in range(round((b - a) / d) + 1)])" "$@"; }
 
@@ -43,7 +50,7 @@ family() {  # name -> TASK STEPS CONTEXTS HELD (the paper's split) TRAIN_HARD (t
       TRAIN_HARD="length=0.1 length=0.4" ;;
     *) echo "unknown family '$1'; valid: cheetah-speed cheetah-length cheetah-both walker-speed walker-length" >&2; exit 2 ;;
   esac
-  if [ "${SPLIT:-paper}" = hard ]; then  # every context but TRAIN_HARD held out
+  if [ "$SPLIT" = hard ]; then  # every context but TRAIN_HARD held out
     HELD=$(for c in $CONTEXTS; do [[ " $TRAIN_HARD " == *" $c "* ]] || echo -n "$c "; done)
   fi
 }
@@ -52,7 +59,7 @@ run_family() {
   family "$1"
   local d=$OUT/$1 t0; t0=$(date +%s)
   local a=$d  # where the approximators and the evaluation go: OUT/FAMILY, or OUT/FAMILY/hard for the hard split
-  [ "${SPLIT:-paper}" = hard ] && a=$d/hard
+  [ "$SPLIT" = hard ] && a=$d/hard
   echo "== $1: $TASK, $(wc -w <<<"$CONTEXTS") contexts, held out: $HELD"
   # 1. experts: one batched td3.py run of every context (hidden 64), checkpointed; resumed where it stopped
   local steps_done

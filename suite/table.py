@@ -58,6 +58,9 @@ def load_family(d: Path) -> tuple[list[dict], list[dict]] | None:
         summary, rows = json.loads(files[0].read_text())["summary"], json.loads(files[1].read_text())
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"cannot read {d / 'eval'}: {e}") from None
+    need = {"method", "label", "heldout", "return_mean"}
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and need <= set(r) for r in rows):
+        raise UserError(f"{files[1]} is not evaluate.py's results.json: every row needs {', '.join(sorted(need))}")
     return summary, rows
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import collect
 import evaluate
 import hyperzero
 import policy
@@ -23,7 +24,8 @@ KEYS = {"method", "task", "context", "heldout", "episodes", "return_mean", "retu
 
 
 def test_experts_only_rows_and_normalisation(tiny_experts, tmp_path):
-    res = evaluate.main(evaluate.Args(experts=(str(tiny_experts),), episodes=2, seed=3, out_dir=str(tmp_path / "ev")))
+    args = evaluate.Args(experts=(str(tiny_experts),), episodes=2, seed=3, reference="own", out_dir=str(tmp_path / "ev"))
+    res = evaluate.main(args)
     rows = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert rows == json.loads(json.dumps(res["rows"]))
     assert {(r["method"], r["context"]["goal"]) for r in rows} == {(m, g) for m in ("random", "expert") for g in (0.5, 2.0)}
@@ -38,6 +40,41 @@ def test_experts_only_rows_and_normalisation(tiny_experts, tmp_path):
     assert row["return_mean"] == pytest.approx(direct["return_mean"])
     for f in ("results.csv", "summary.json", "returns.png", "normalized.png"):
         assert (tmp_path / "ev" / f).stat().st_size > 0
+
+
+def test_best_expert_reference_and_the_nearest_expert_row(tiny_experts, tmp_path):
+    """Score 1 is the best return any expert achieves on the context (each on the evaluation's seeds), and on a held-out
+    context the nearest-expert row is the expert of the closest training context, used zero-shot."""
+    collect.main(collect.Args(experts=(str(tiny_experts),), episodes=1, snapshots=False, out_dir=str(tmp_path / "r")))
+    hz = hyperzero.Args(rollouts=str(tmp_path / "r"), test_contexts=("2",), out_dir=str(tmp_path / "h"), steps=1, embed_dim=8)
+    hyperzero.main(hz)
+    args = evaluate.Args(
+        experts=(str(tiny_experts),), policies=(str(tmp_path / "h"),), episodes=2, seed=3, out_dir=str(tmp_path / "ev")
+    )
+    rows = evaluate.main(args)["rows"]
+    experts = {e["label"]: e for e in policy.load_experts(tiny_experts)}
+    on = lambda e, lab: policy.evaluate_policy("cheetah-vel", experts[lab]["context"], policy.expert_layers(experts[e]), 2, 3)  # noqa: E731
+    (near,) = [r for r in rows if r["method"] == "nearest-expert"]  # goal 0.5 is the only training context: no row there
+    assert near["label"] == "goal_2" and near["heldout"] and near["neighbours"] == ["goal_0.5"]
+    assert near["return_mean"] == pytest.approx(on("goal_0.5", "goal_2")["return_mean"])
+    for lab in experts:
+        best = max(on(e, lab)["return_mean"] for e in experts)
+        rs = {r["method"]: r for r in rows if r["label"] == lab}
+        assert rs["expert"]["reference_return"] == pytest.approx(best) and rs["random"]["normalized"] == 0.0
+        lo = rs["random"]["return_mean"]
+        assert rs["expert"]["normalized"] == pytest.approx((rs["expert"]["return_mean"] - lo) / (best - lo))
+        assert rs["expert"]["normalized"] <= 1.0 + 1e-9
+    assert (tmp_path / "ev" / "normalized.png").exists()
+
+
+def test_nearest_context_known_answers():
+    pool = tasks.parse_contexts("cheetah-vel", ["0.5", "1", "1.5"])
+    assert tasks.nearest("cheetah-vel", *tasks.parse_contexts("cheetah-vel", ["0.75"]), pool) == [0, 1]  # a tie: both
+    assert tasks.nearest("cheetah-vel", *tasks.parse_contexts("cheetah-vel", ["1.4"]), pool) == [2]
+    grid = tasks.parse_contexts("cheetah-run", ["speed=1,length=0.3", "speed=5,length=0.5"])  # ranges: 11.9 and 0.8
+    (ctx,) = tasks.parse_contexts("cheetah-run", ["speed=4,length=0.3"])
+    # each variable scaled by its range: |(3/11.9, 0)| = 0.252 is nearer than |(1/11.9, 0.2/0.8)| = 0.264
+    assert tasks.nearest("cheetah-run", ctx, grid) == [0]
 
 
 def test_random_baseline_is_seeded_and_near_zero_velocity():
@@ -127,7 +164,7 @@ def test_mixed_tasks_refused(tiny_experts, tmp_path):
     root, _ = write_linear_rollouts(tmp_path / "r", [0.5, 1.0], 50, 0, reward=lambda obs, g: obs.sum(1), terminal=True)
     ckpt = hyperzero.main(hyperzero.Args(rollouts=str(root), out_dir=str(tmp_path / "h"), steps=1, embed_dim=8))["ckpt"]
     runio.atomic_save({**ckpt, "task": "cheetah-run"}, tmp_path / "run" / "hyperzero.pt")
-    with pytest.raises(runio.UserError, match="different tasks"):
+    with pytest.raises(runio.UserError, match="experts and policies differ in task"):
         evaluate.main(evaluate.Args(experts=(str(tiny_experts),), policies=(str(tmp_path / "run"),), out_dir=str(tmp_path / "x")))
     assert not (tmp_path / "x").exists()
 

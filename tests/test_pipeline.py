@@ -82,9 +82,9 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     rows = json.loads((out / "results.json").read_text())
     # random, expert, hyperzero (2 runs), mlp, maml, maml-adapted (each goal has an expert to adapt on), hyplatent,
     # hypformer
-    assert len(rows) == len(res["rows"]) == 3 * 9
+    assert len(rows) == len(res["rows"]) == 3 * 10  # and nearest-expert: every goal has another training goal's expert
     methods = {r["method"] for r in rows}
-    assert methods == {"random", "expert", "hyperzero", "mlp", "maml", "maml-adapted", "hyplatent", "hypformer"}
+    assert methods == {"random", "expert", "nearest-expert", "hyperzero", "mlp", "maml", "maml-adapted", "hyplatent", "hypformer"}
     for r in rows:
         assert {
             "method",

@@ -98,11 +98,11 @@ def test_pipeline_rejects_unknown_approximator(tmp_path):
         text=True,
         timeout=30,
     )
-    assert r.returncode == 1 and "list hyplatent before it" in r.stderr
+    assert r.returncode == 2 and "list hyplatent before it" in r.stderr
     r = subprocess.run(
         ["bash", str(SLURM / "pipeline.sbatch")], env=tiny_env(tmp_path, APPROXIMATORS="nope"), capture_output=True, text=True
     )
-    assert r.returncode == 1 and "unknown approximator 'nope'" in r.stderr
+    assert r.returncode == 2 and "unknown approximator 'nope'" in r.stderr
 
 
 def test_templates_as_plain_bash(tmp_path):

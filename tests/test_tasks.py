@@ -235,6 +235,7 @@ def test_prepare_out_dir_new_file_and_earlier_run(tmp_path, capsys):
     (out / "model.pt").write_text("1")
     (out / "tb").mkdir()
     (out / "tb" / "events").write_text("1")
+    runio.finish_out_dir(out)  # that run succeeded
     with pytest.raises(
         runio.UserError, match=r"already holds an earlier run \(model.pt, tb\); pass --overwrite to replace it, or"
     ):
@@ -244,9 +245,12 @@ def test_prepare_out_dir_new_file_and_earlier_run(tmp_path, capsys):
         runio.prepare_out_dir(out, ("model.pt", "checkpoint.pt"))  # a stage that can resume says so
     assert runio.prepare_out_dir(out, OUTPUTS, resume=True) == out  # --resume: continue, nothing removed
     assert (out / "model.pt").exists() and (out / "tb" / "events").exists()
-    runio.prepare_out_dir(out, OUTPUTS, overwrite=True)  # --overwrite: the earlier outputs go, other files stay
+    runio.finish_out_dir(out)
+    runio.prepare_out_dir(out, OUTPUTS, overwrite=True)  # --overwrite: the earlier outputs go aside, other files stay
+    assert sorted(p.name for p in out.iterdir()) == [".previous", "notes.txt"]
+    assert "--overwrite: 2 files of the earlier run set aside in" in capsys.readouterr().out
+    runio.finish_out_dir(out)  # the new run succeeded: the earlier one is gone
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
-    assert "--overwrite: removed 2 files of the earlier run" in capsys.readouterr().out
 
 
 def test_prepare_out_dir_unwritable_as_the_os_says(tmp_path, monkeypatch):
