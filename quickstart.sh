@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CleanHyper quickstart: Cheetah-Vel end to end on a 2-core CPU, zero-shot to goals between the training goals.
 #   1. TD3 experts for 7 training velocities 0, 0.5, ..., 3 and, beside them, for 4 held-out velocities
-#      0.75, 1.25, 1.75, 2.25 (td3.py; the held-out experts only score the methods: random = 0, expert = 1)
+#      0.75, 1.25, 1.75, 2.25 (td3.py; the held-out experts only score the methods: random = 0, 1 = the best expert on the goal)
 #   2. the training experts' rollouts and their snapshots' behaviour data (collect.py): no held-out goal is in them
 #   3. seeds 1-3 of HyperZero and the context-conditioned MLP (hyperzero.py), HypLatent and HypFormer
 #      (hyplatent.py, hypformer.py); with --meta also MAML and PEARL (meta.py)
