@@ -367,10 +367,7 @@ def expert_transitions(task, expert, n, seed, device) -> dict:
 def evaluate_policies(task, ctx, layers, episodes: int, seed: int) -> tuple[dict, dict]:
     """Every policy in layers (td3 form, K = the policies of one context) rolled out with the same seeds: the returns
     pooled; on MetaWorld the success rate per policy first, then its mean and top-k over the policies."""
-    per = [
-        policy.evaluate_policy(task, ctx, [(W[j : j + 1], b[j : j + 1]) for W, b in layers], episodes, seed)
-        for j in range(len(layers[0][0]))
-    ]
+    per = policy.evaluate_each(task, ctx, layers, episodes, seed)
     rets = [x for r in per for x in r["returns"]]
     res = {"return_mean": float(np.mean(rets)), "return_std": float(np.std(rets)), "success_rate": None}
     if task != "metaworld":
@@ -441,29 +438,24 @@ def main(args: Args) -> dict:
         ret = f"return {res['return_mean']:9.2f} +- {res['return_std']:.2f}{sr}"
         print(f"{method:>18} {row['label']:>22}{' (held out)' if heldout else '':11}: {ret}", flush=True)
 
-    for ctx, lab in zip(contexts, labels):
-        add("random", None, ctx, policy.evaluate_policy(task, ctx, None, args.episodes, args.seed), heldout_of(lab))  # score 0
-        if lab in by_label:
-            e = by_label[lab]
-            layers = policy.expert_layers(e, device=device)
-            res = policy.evaluate_policy(task, e["context"], layers, args.episodes, args.seed)
-            add("expert", None, e["context"], res, heldout_of(lab))
-
-    # every expert on every other context, on the same seeds: the best-expert reference and the nearest-expert row,
-    # the yardstick of zero-shot transfer (the expert of the closest training context, used as it is)
+    # every expert on every context, on the same seeds (on its own context: the expert row): the best-expert reference,
+    # and the nearest-expert row, the yardstick of zero-shot transfer (the expert of the closest training context)
     cross = {}
     for e in experts:
         layers = policy.expert_layers(e, device=device)
-        for ctx, lab in ((c, lab) for c, lab in zip(contexts, labels) if lab != e["label"]):
-            cross[e["label"], lab] = policy.evaluate_policy(task, ctx, layers, args.episodes, args.seed)
+        for ctx, lab in zip(contexts, labels):
+            on = e["context"] if lab == e["label"] else ctx
+            cross[e["label"], lab] = policy.evaluate_policy(task, on, layers, args.episodes, args.seed)
+    best = {lab: max((v["return_mean"] for (_, c), v in cross.items() if c == lab), default=None) for lab in labels}
+    for ctx, lab in zip(contexts, labels):
+        add("random", None, ctx, policy.evaluate_policy(task, ctx, None, args.episodes, args.seed), heldout_of(lab))  # score 0
+        if lab in by_label:
+            add("expert", None, by_label[lab]["context"], cross[lab, lab], heldout_of(lab))
     pool = [e for e in experts if e["label"] in trained]
     for ctx, lab in zip(contexts, labels):
-        if others := [e for e in pool if e["label"] != lab] if task != "metaworld" else []:
-            near = [others[i]["label"] for i in tasks.nearest(task, ctx, [e["context"] for e in others])]
+        if near := policy.nearest_experts(task, ctx, pool) if task != "metaworld" else []:
             res = {k: float(np.mean([cross[n, lab][k] for n in near])) for k in ("return_mean", "return_std")}
             add("nearest-expert", None, ctx, res | {"success_rate": None}, heldout_of(lab), extra={"neighbours": near})
-    best = {lab: max([r["return_mean"] for r in rows if r["method"] == "expert" and r["label"] == lab] +
-                     [v["return_mean"] for (_, c), v in cross.items() if c == lab]) for lab in labels}  # fmt: skip
 
     methods = [method_of(ck, mod) for _, ck, mod in sources]
     for j, (run, ck, mod) in enumerate(sources):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from runio import UserError, safe_load
-from tasks import context_vector, make_env
+from tasks import context_label, context_vector, make_env, nearest
 
 
 def layer_sizes(obs_dim: int, hidden, out_dim: int) -> list[int]:
@@ -123,6 +123,19 @@ def evaluate_policy(task: str, ctx: dict, layers, episodes: int, seed: int) -> d
         "success_rate": float(np.mean([ep["success_step"] >= 0 for ep in eps])) if task == "metaworld" else None,
         "returns": returns,
     }
+
+
+def evaluate_each(task: str, ctx: dict, layers, episodes: int, seed: int) -> list[dict]:
+    """evaluate_policy of each of the K policies in layers, all on the same seeds."""
+    one = lambda j: [(W[j : j + 1], b[j : j + 1]) for W, b in layers]  # noqa: E731
+    return [evaluate_policy(task, ctx, one(j), episodes, seed) for j in range(len(layers[0][0]))]
+
+
+def nearest_experts(task: str, ctx: dict, experts: list[dict]) -> list[str]:
+    """Labels of the experts whose contexts are nearest to ctx, its own expert left out (ties all kept): the
+    nearest-expert yardstick of zero-shot transfer, the expert of the closest other context used as it is."""
+    others = [e for e in experts if e["label"] != context_label(ctx)]
+    return [others[i]["label"] for i in nearest(task, ctx, [e["context"] for e in others])] if others else []
 
 
 EXPERT_KEYS = {"task": str, "label": str, "context": dict, "obs_dim": int, "act_dim": int, "hidden": (list, tuple)}

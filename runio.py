@@ -120,7 +120,7 @@ def prepare_out_dir(path, outputs: tuple[str, ...], resume: bool = False, overwr
                 f"--out-dir {out} holds {out / ASIDE}, an earlier run that an interrupted --overwrite set aside: "
                 f"move its files back into {out} (or delete it), then run again"
             )
-        found = sorted({p for pattern in outputs for p in out.glob(pattern)})
+        found = _outputs(out, outputs)
         if found and not resume:
             if not overwrite:
                 names = ", ".join(p.name for p in found[:3]) + (", ..." if len(found) > 3 else "")
@@ -141,6 +141,11 @@ def prepare_out_dir(path, outputs: tuple[str, ...], resume: bool = False, overwr
     return out
 
 
+def _outputs(out: Path, patterns) -> list[Path]:
+    """What of a stage's outputs (glob patterns) --out-dir holds."""
+    return sorted({p for pattern in patterns for p in out.glob(pattern)})
+
+
 def finish_out_dir(out) -> None:
     """The run succeeded: remove the earlier run that --overwrite set aside, and release --out-dir."""
     claim = _OPEN.pop(str(Path(out).resolve()), None)
@@ -156,9 +161,8 @@ def _undo(key: str) -> None:
     claim = _OPEN.pop(key)
     out = claim["out"]
     try:
-        new = sorted({p for pattern in claim["outputs"] for p in out.glob(pattern)})
         if claim["moved"] or not (claim["resume"] or (out / "checkpoint.pt").exists()):
-            for p in new:
+            for p in _outputs(out, claim["outputs"]):
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
         for name in claim["moved"]:
             (out / ASIDE / name).rename(out / name)

@@ -58,13 +58,7 @@ class Args:
 
 def returns(task, ctx, layers, args) -> list[float]:
     """The mean return of each policy of a batch (layers with K policies) on ctx."""
-    k = layers[0][0].shape[0]
-    return [
-        policy.evaluate_policy(task, ctx, [(W[i : i + 1], b[i : i + 1]) for W, b in layers], args.episodes, args.seed)[
-            "return_mean"
-        ]
-        for i in range(k)
-    ]
+    return [r["return_mean"] for r in policy.evaluate_each(task, ctx, layers, args.episodes, args.seed)]
 
 
 def main(args: Args) -> dict:
@@ -79,10 +73,13 @@ def main(args: Args) -> dict:
     if runs[0]["condition"] != "context":
         raise runio.UserError("only runs conditioned on a numeric context (Cheetah-Vel) are budgeted here; MetaWorld is not yet")
     data = hyplatent.load_data(runs[0]["data_dir"])
-    train = data["contexts"]
+    train = runs[0]["split"]["train"]  # the goals the generators trained on (the data may hold its --test-contexts too)
     held = tasks.parse_contexts(task, args.heldout, args.seed)
     goals = train + held
     labels = [tasks.context_label(c) for c in goals]
+    if twice := sorted(set(labels[: len(train)]) & set(labels[len(train) :])):
+        raise runio.UserError(f"--heldout {', '.join(twice)}: a goal the generators trained on; give held-out goals only")
+    in_data = [tasks.context_label(c) for c in data["contexts"]]
     sizes = data["policy_sizes"]
 
     # the reference: the best expert on every goal, and random (score 0), on the same seeds
@@ -108,8 +105,8 @@ def main(args: Args) -> dict:
             "best": float(max(score(lab, r) for r in rs)),
         }
     )
-    for k, (ctx, lab) in enumerate(zip(train, labels)):
-        snaps = data["params"][data["context_id"] == k]  # [N, P] this goal's behaviour policies
+    for ctx, lab in zip(train, labels):
+        snaps = data["params"][data["context_id"] == in_data.index(lab)]  # [N, P] this goal's behaviour policies
         got = returns(task, ctx, policy.unflatten_layers(snaps, sizes), args)
         add("(a) data", "train", None, lab, got)
         rows.append(rows[-1] | {"source": "(a) best snapshot", "score": rows[-1]["best"]})
@@ -131,10 +128,9 @@ def main(args: Args) -> dict:
                     ]
                     add(name, split, j, tasks.context_label(ctx), returns(task, ctx, own, args))
     trained = {tasks.context_label(c) for c in train}
+    pool = [e for e in experts if e["label"] in trained]
     for ctx in held:  # the expert of the nearest training goal, zero-shot (ties: their mean)
-        pool = [e for e in experts if e["label"] in trained]
-        near = [pool[i]["label"] for i in tasks.nearest(task, ctx, [e["context"] for e in pool])]
-        lab = tasks.context_label(ctx)
+        near, lab = policy.nearest_experts(task, ctx, pool), tasks.context_label(ctx)
         add("nearest expert", "held out", None, lab, [float(np.mean([on[n, lab] for n in near]))])
 
     # the table: mean over runs and goals, 95 % stratified bootstrap over runs within goals and goals

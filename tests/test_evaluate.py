@@ -65,6 +65,10 @@ def test_best_expert_reference_and_the_nearest_expert_row(tiny_experts, tmp_path
         assert rs["expert"]["normalized"] == pytest.approx((rs["expert"]["return_mean"] - lo) / (best - lo))
         assert rs["expert"]["normalized"] <= 1.0 + 1e-9
     assert (tmp_path / "ev" / "normalized.png").exists()
+    # without --experts nothing defines score 1: the rows carry no normalised score, and the run still completes
+    alone = evaluate.Args(policies=(str(tmp_path / "h"),), contexts=("2",), episodes=1, out_dir=str(tmp_path / "ev2"))
+    rows = evaluate.main(alone)["rows"]
+    assert [r["method"] for r in rows] == ["random", "hyperzero"] and all(r["normalized"] is None for r in rows)
 
 
 def test_nearest_context_known_answers():

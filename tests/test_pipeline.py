@@ -3,6 +3,8 @@ evaluate, which reads every source through the same functions (one path in its m
 method with intervals."""
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +16,9 @@ import hypformer
 import hyplatent
 import meta
 import td3
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import loss_budget  # noqa: E402
 
 
 def test_tiny_pipeline_end_to_end(tmp_path):
@@ -125,3 +130,22 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     hz = next(r for r in rows if r["method"] == "hyperzero" and r["heldout"])
     ex = next(r for r in rows if r["method"] == "expert" and r["heldout"])
     assert hz["return_mean"] != pytest.approx(ex["return_mean"], abs=1e-9)
+
+    # the loss budget on the same files: the generators' training goals only (1.5 was held out of them), each source
+    # scored against the same best-expert reference as evaluate.py, so its nearest-expert score is evaluate.py's
+    budget = loss_budget.main(
+        loss_budget.Args(experts=(str(exp),), hyplatent=(str(tmp_path / "hl"),), hypformer=(str(tmp_path / "hf"),),
+                         heldout=("1.5",), episodes=1, samples=2, seed=1)
+    )["rows"]  # fmt: skip
+    by = lambda src: {r["label"]: r for r in budget if r["source"] == src}  # noqa: E731
+    assert (
+        set(by("(a) data"))
+        == set(by("(b) reconstruction"))
+        == set(by("(c) hyplatent")) - {"goal_1.5"}
+        == {"goal_0.5", "goal_2.5"}
+    )
+    assert all(by("(a) best snapshot")[g]["score"] >= by("(a) data")[g]["score"] for g in ("goal_0.5", "goal_2.5"))
+    near = next(r for r in rows if r["method"] == "nearest-expert" and r["heldout"])
+    assert by("nearest expert")["goal_1.5"]["score"] == pytest.approx(near["normalized"])
+    with pytest.raises(evaluate.UserError, match="--heldout goal_0.5: a goal the generators trained on"):
+        loss_budget.main(loss_budget.Args(experts=(str(exp),), hyplatent=(str(tmp_path / "hl"),), heldout=("0.5",)))
