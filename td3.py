@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 import runio
-from policy import evaluate_policy, expert_file, flatten_layers, init_layers, layer_sizes, mlp, tensors
+from policy import evaluate_policy, expert_file, flatten_layers, init_layers, layer_sizes, load_experts, mlp, tensors
 from runio import UserError
 from tasks import context_label, make_env, parse_contexts
 
@@ -43,10 +43,16 @@ class Args:
     """uniform-random actions (and no updates) before this step"""
     seed: int = 1
     """seed of torch, the environments and (MetaWorld) the fixed goal"""
+    seeds: int = 1
+    """train this many learners per context side by side (own networks, noise and environment seeds: seed j's are
+    shifted by 500000 j) and write the better one: best final evaluation (success, then return; --keep-best: best kept)"""
     out_dir: str = "runs/td3"
     """everything this run writes goes here"""
     overwrite: bool = False
     """replace an earlier run's outputs in --out-dir"""
+    init_from: str | None = None
+    """an expert file of this --task and --hidden: every learner's actor and critics start as its networks, one shared
+    start (Gen-HypRL's data: snapshots of neighbouring goals then stay neighbours in parameter space)"""
     hidden: tuple[int, ...] = (256, 256)
     """hidden sizes of actor and critics (CleanRL and HyperZero: 256 256)"""
     batch_size: int = 256
@@ -188,6 +194,17 @@ class TD3:
                 online = [t.detach() for t in tensors(self.actor) + tensors(self.critic)]
                 torch._foreach_lerp_(tensors(self.actor_t) + tensors(self.critic_t), online, tau)
         return {name: loss.item() / self.k for name, loss in losses.items()}
+
+    def start_from(self, e: dict) -> None:
+        """--init-from: every context's actor (SAC: its mean head), Q1, Q2 and their targets become expert e's."""
+        with torch.no_grad():
+            for t, saved in zip(tensors(self.policy(self.actor)), e["actor"], strict=True):  # [K, in, out] <- [in, out]
+                t.copy_(saved.expand_as(t))
+            for twin, key in enumerate(("critic1", "critic2")):
+                for t, saved in zip(tensors(self.critic), e[key], strict=True):
+                    t[twin].copy_(saved.expand_as(t[twin]))
+            for t, online in zip(tensors(self.actor_t) + tensors(self.critic_t), tensors(self.actor) + tensors(self.critic)):
+                t.copy_(online)
 
     def actor_of(self, i: int):
         """Context i's actor as layers with K = 1 (detached: for rollouts)."""
@@ -356,7 +373,8 @@ def evaluate(run: RunState, args: Args, contexts: list[dict], labels: list[str],
 
 
 OUTPUTS = ("expert_*.pt", "checkpoint.pt", "metrics.csv", "snapshots_*.npy", "snapshot_steps.npy", "args.json", "tb")
-POSITIVE = ("total_timesteps", "batch_size", "learning_rate", "buffer_size", "policy_frequency", "eval_episodes", "log_interval")
+POSITIVE = ("seeds", "total_timesteps", "batch_size", "learning_rate", "buffer_size", "policy_frequency", "eval_episodes")
+POSITIVE += ("log_interval",)
 NONNEGATIVE = ("seed", "learning_starts", "policy_noise", "noise_clip", "exploration_noise", "eval_interval", "action_penalty")
 NONNEGATIVE += ("snapshot_interval", "snapshot_start", "checkpoint_interval", "torch_threads")
 
@@ -393,26 +411,36 @@ def progress(run: RunState, labels: list[str], losses: dict, sps: float) -> dict
 
 def main(args: Args) -> dict:
     ids, contexts, labels = checked_contexts(args)  # every flag, before any work
+    n = len(contexts)  # --seeds: learner m trains context m % n, its seed m // n; seed 0's environments are unchanged
+    places, members = [i + 500 * j for j in range(args.seeds) for i in ids], contexts * args.seeds
+    tags = labels if args.seeds == 1 else [f"{lab}.seed{m // n}" for m, lab in enumerate(labels * args.seeds)]
     device = runio.resolve_device(args.device)
     if args.cudagraphs and device.type != "cuda":
         raise UserError(f"--cudagraphs needs a CUDA device; --device {args.device} gives {device}")
     ck = read_checkpoint(Path(args.out_dir) / "checkpoint.pt", asdict(args)) if args.resume else None
+    start = load_experts(args.init_from)[0] if args.init_from else None
+    have = start and [start["task"], start["hidden"], start.get("critic_layer_norm", False)]
+    if start and have != [args.task, list(args.hidden), args.layer_norm]:
+        raise UserError(f"--init-from {args.init_from}: a {have[0]} expert, hidden {have[1]}, critic layer norm {have[2]}; "
+                        f"this run needs --task {args.task}, --hidden {' '.join(map(str, args.hidden))}, layer norm {args.layer_norm}")  # fmt: skip
     out = runio.prepare_out_dir(args.out_dir, OUTPUTS, resume=args.resume, overwrite=args.overwrite)
     tracker = runio.Tracker(out, args, args.track, args.wandb_project_name, args.wandb_entity)
     torch.manual_seed(args.seed)
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
-    k = len(contexts)
+    k = len(members)
     hyper = {"gamma": args.gamma, "tau": args.tau, "policy_noise": args.policy_noise, "noise_clip": args.noise_clip}
 
-    # TRY NOT TO MODIFY: one env per context; episode n of context i (its place in the full --contexts list) resets
+    # TRY NOT TO MODIFY: one env per learner; episode e of context i (its place in the full --contexts list) resets
     # with a seed derived from both, so a resumed run or a shard replays the same initial states.
-    envs = [make_env(args.task, c, args.seed + 1000 * i) for i, c in zip(ids, contexts)]
-    reset_all = lambda n: np.stack([env.reset(seed=args.seed + 1000 * i + 7919 * n)[0] for i, env in zip(ids, envs)])
+    envs = [make_env(args.task, c, args.seed + 1000 * i) for i, c in zip(places, members)]
+    reset_all = lambda e: np.stack([env.reset(seed=args.seed + 1000 * i + 7919 * e)[0] for i, env in zip(places, envs)])
     obs_dim, act_dim = envs[0].observation_space.shape[0], envs[0].action_space.shape[0]
     agent = TD3(k, obs_dim, act_dim, args.hidden, args.learning_rate, device, args.compile, args.cudagraphs,
                 args.action_penalty, args.layer_norm, args.sac)  # fmt: skip
     run = RunState(agent, Replay(k, min(args.buffer_size, args.total_timesteps), obs_dim, act_dim, device))
+    if start is not None:
+        agent.start_from(start)
     if ck is not None:
         run.restore(ck, out / "checkpoint.pt")
         print(f"resumed from {out / 'checkpoint.pt'} at step {run.step}")
@@ -445,11 +473,11 @@ def main(args: Args) -> dict:
         if args.snapshot_interval and run.step >= args.snapshot_start and run.step % args.snapshot_interval == 0:
             run.take_snapshot()
         if args.eval_interval and run.step % args.eval_interval == 0:  # before the checkpoint below, so resume sees it
-            evaluate(run, args, contexts, labels, tracker)
+            evaluate(run, args, members, tags, tracker)
 
         if term.any() or trunc.any():  # every task here ends all K episodes at the same step
             sps = round((run.step - s0) / (time.time() - t0), 1)
-            for lab, ret in zip(labels, ep_ret):
+            for lab, ret in zip(tags, ep_ret):
                 ev = run.last_eval.get(lab, {})
                 row = {"step": run.step, "context": lab, "episodic_return": round(float(ret), 4)}
                 row |= {"eval_return": ev.get("return_mean"), "eval_success": ev.get("success_rate")}
@@ -469,22 +497,27 @@ def main(args: Args) -> dict:
             rets = " ".join(f"{r['context']}:{r['episodic_return']:.1f}" for r in run.rows[-k:]) or "-"
             qf = losses.get("qf_loss", float("nan"))
             print(f"step {run.step:>8}  SPS {sps * k:7.0f} (x{k} contexts)  last return {rets}  qf_loss {qf:.3g}", flush=True)
-            tracker.log(run.step, **progress(run, labels, losses, sps))
+            tracker.log(run.step, **progress(run, tags, losses, sps))
 
-    # Final evaluation (unless the loop's last step had one) and the files
-    if any(run.last_eval.get(lab, {}).get("step") != run.step for lab in labels):
-        evaluate(run, args, contexts, labels, tracker)
-    final, paths = [run.last_eval[lab] for lab in labels], [out / f"expert_{lab}.pt" for lab in labels]
+    # Final evaluation (unless the loop's last step had one) and the files: per context its better seed (--seeds)
+    if any(run.last_eval.get(lab, {}).get("step") != run.step for lab in tags):
+        evaluate(run, args, members, tags, tracker)
+    final, paths = [run.last_eval[lab] for lab in tags], [out / f"expert_{lab}.pt" for lab in labels]
+    score = lambda m: run.best[m]["score"] if args.keep_best else [final[m]["success_rate"] or 0.0, final[m]["return_mean"]]
     tracker.close()
     print(f"\nfinal evaluation (deterministic, {args.eval_episodes} episodes):")
-    for i, (ctx, lab, r) in enumerate(zip(contexts, labels, final)):
-        kept = run.best[i] if args.keep_best else {"step": run.step, "eval": r, **agent.expert_weights(i)}
-        runio.atomic_save(expert_file(args, ctx, lab, kept, run.step, obs_dim, act_dim), paths[i])
-        if run.snapshots[i]:
-            runio.atomic_save(torch.stack(run.snapshots[i]).numpy().astype(np.float32), out / f"snapshots_{lab}.npy")
-        sr = f"  success {r['success_rate']:.2f}" if r["success_rate"] is not None else ""
-        note = f"  (kept step {run.best[i]['step']}: {run.best[i]['score']})" if args.keep_best else ""
-        print(f"  {lab:>24}: return {r['return_mean']:9.2f} +- {r['return_std']:.2f}{sr}{note}")
+    for i, (ctx, lab) in enumerate(zip(contexts, labels)):
+        m = max(range(i, k, n), key=score)  # ties keep the lower seed
+        kept = run.best[m] if args.keep_best else {"step": run.step, "eval": final[m], **agent.expert_weights(m)}
+        runio.atomic_save(expert_file(args, ctx, lab, kept, run.step, obs_dim, act_dim) | {"seed_kept": m // n}, paths[i])
+        if run.snapshots[m]:
+            runio.atomic_save(torch.stack(run.snapshots[m]).numpy().astype(np.float32), out / f"snapshots_{lab}.npy")
+        for j in range(i, k, n):
+            r = final[j]
+            sr = f"  success {r['success_rate']:.2f}" if r["success_rate"] is not None else ""
+            note = f"  (kept step {run.best[j]['step']}: {run.best[j]['score']})" if args.keep_best else ""
+            note += "  <- written" * (args.seeds > 1 and j == m)
+            print(f"  {tags[j]:>24}: return {r['return_mean']:9.2f} +- {r['return_std']:.2f}{sr}{note}")
     if run.snapshot_steps:
         runio.atomic_save(np.asarray(run.snapshot_steps, dtype=np.int64), out / "snapshot_steps.npy")
     runio.write_csv(out / "metrics.csv", run.rows)
@@ -492,7 +525,7 @@ def main(args: Args) -> dict:
     runio.finish_out_dir(out)
     wall = time.time() - t0
     print(f"wrote {len(paths)} experts, metrics.csv, args.json{', snapshots' * bool(run.snapshot_steps)} to {out} ({wall:.0f} s)")
-    return {"out_dir": str(out), "experts": [str(p) for p in paths], "eval": dict(zip(labels, final)), "wall_s": wall}
+    return {"out_dir": str(out), "experts": [str(p) for p in paths], "eval": dict(zip(tags, final)), "wall_s": wall}
 
 
 if __name__ == "__main__":

@@ -70,8 +70,9 @@ def test_unknown_family_refused_before_any_work(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def fake_eval(d: Path, scores: dict, expert=(500.0, 400.0, 300.0), rnd=100.0):
-    """evaluate.py's outputs for a family of 3 contexts (the last held out) from {method: {run: score}}."""
+def fake_eval(d: Path, scores: dict, expert=(500.0, 400.0, 300.0), rnd=100.0, reference=(500.0, 400.0, 340.0)):
+    """evaluate.py's outputs for a family of 3 contexts (the last held out) from {method: {run: score}}; the best
+    expert on context c (340) is 1.2x its own (300) in R - random."""
     rows = []
     for i, lab in enumerate(("a", "b", "c")):
         held = i == 2
@@ -83,7 +84,7 @@ def fake_eval(d: Path, scores: dict, expert=(500.0, 400.0, 300.0), rnd=100.0):
                 r = {"method": m, "run": run, "label": lab, "heldout": held, "normalized": s + 0.1 * i}
                 rows.append({**r, "return_mean": rnd + r["normalized"] * (ret - rnd)})
     for r in rows:
-        r["success_rate"] = None
+        r["success_rate"], r["reference_return"] = None, reference["abc".index(r["label"])]
     (d / "eval").mkdir(parents=True)
     (d / "eval" / "results.json").write_text(json.dumps(rows))
     (d / "eval" / "summary.json").write_text(json.dumps({"summary": evaluate.summarize(rows, reps=200)}))
@@ -91,10 +92,12 @@ def fake_eval(d: Path, scores: dict, expert=(500.0, 400.0, 300.0), rnd=100.0):
 
 def test_table_reads_every_evaluated_family(tmp_path):
     fake_eval(tmp_path / "cheetah-speed", {"hyperzero": {"s1": 0.5, "s2": 0.7}, "mlp": {"s1": 0.1, "s2": 0.1}})
-    fake_eval(tmp_path / "walker-length", {"hyperzero": {"s1": 0.2, "s2": 0.2}})
+    fake_eval(tmp_path / "walker-length", {"hyperzero": {"s1": 0.2, "s2": 0.2}, "nearest-expert": {None: 0.6}})
     text = table.main(table.Args(out=str(tmp_path)))
     assert (tmp_path / "table.md").read_text() == text + "\n"
-    assert "| cheetah-speed | 3 (1) | 450 (400-500) | 300 (300-300) | 100 |" in text  # expert returns, random
+    # expert returns, random, and the contexts whose reference is > 10 % above their own expert (c: 240 / 200)
+    assert "| cheetah-speed | 3 (1) | 450 (400-500) | 300 (300-300) | 100 | 1 of 3 (max 1.20) |" in text
+    assert "| nearest-expert | - | 0.80 [0.80, 0.80] |" in text  # the yardstick's row, where it was evaluated
     assert "| method | cheetah-speed | walker-length |" in text  # the families that were evaluated, in order
     assert "| hyperzero | 0.80 [0.70, 0.90] | 0.40 [0.40, 0.40] |" in text  # held out (context c): 0.5/0.7 + 0.2
     assert "| mlp | 0.30 [0.30, 0.30] | - |" in text

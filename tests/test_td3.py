@@ -154,6 +154,46 @@ def test_same_seed_same_weights_other_seed_differs(tmp_path, tiny_args):
     assert not torch.equal(ea["actor"][0], ec["actor"][0])
 
 
+def test_seeds_train_learners_side_by_side_and_write_each_contexts_better_one(tmp_path, tiny_args):
+    res = td3.main(tiny_args(tmp_path / "two", seeds=2, snapshot_interval=200, checkpoint_interval=600))
+    assert sorted(res["eval"]) == ["goal_0.5.seed0", "goal_0.5.seed1", "goal_2.seed0", "goal_2.seed1"]
+    assert [Path(p).name for p in res["experts"]] == ["expert_goal_0.5.pt", "expert_goal_2.pt"]
+    for path in res["experts"]:
+        e = torch.load(path, weights_only=True)
+        r0, r1 = (res["eval"][f"{e['label']}.seed{j}"]["return_mean"] for j in (0, 1))
+        assert r0 != r1 and e["eval_return"] == max(r0, r1) and e["seed_kept"] == int(r1 > r0)
+        again = policy.evaluate_policy("cheetah-vel", e["context"], policy.expert_layers(e), e["eval_episodes"], e["eval_seed"])
+        assert again["return_mean"] == pytest.approx(e["eval_return"], abs=1e-6)  # the written actor is the better one
+        snaps = np.load(tmp_path / "two" / f"snapshots_{e['label']}.npy", allow_pickle=False)  # and so are its snapshots
+        np.testing.assert_array_equal(snaps[-1], policy.flatten_layers(policy.expert_layers(e)).numpy()[0])
+    # seed 0 of each context resets as a one-seed run does; seed 1 from other initial states
+    td3.main(tiny_args(tmp_path / "one", checkpoint_interval=600))
+    obs2, obs1 = (runio.safe_load(tmp_path / d / "checkpoint.pt")["replay"]["obs"] for d in ("two", "one"))
+    assert obs2.shape[0] == 4 and torch.equal(obs2[:2, 0], obs1[:, 0]) and not torch.equal(obs2[2:, 0], obs1[:, 0])
+
+
+@pytest.mark.parametrize("sac", [False, True])
+def test_init_from_starts_every_learner_from_one_expert(tmp_path, tiny_args, tiny_experts, sac):
+    e = policy.load_experts(tiny_experts)[0]
+    agent = td3.TD3(3, 17, 6, (16, 16), 1e-3, "cpu", sac=sac)
+    agent.start_from(e)
+    for i in range(3):  # actor (SAC: its mean head), Q1, Q2 of every learner, and the targets
+        assert all(
+            torch.equal(a, b) for key in ("actor", "critic1", "critic2") for a, b in zip(agent.expert_weights(i)[key], e[key])
+        )
+    for t, online in zip(policy.tensors(agent.actor_t + agent.critic_t), policy.tensors(agent.actor + agent.critic)):
+        assert torch.equal(t, online)
+    # a run starts there: its snapshot of step 1 (a random action, no update yet) is the expert's actor, for both goals
+    td3.main(tiny_args(tmp_path / "run", init_from=str(tiny_experts / "expert_goal_0.5.pt"), snapshot_interval=1, sac=sac))
+    for goal in ("0.5", "2"):
+        snaps = np.load(tmp_path / "run" / f"snapshots_goal_{goal}.npy", allow_pickle=False)
+        np.testing.assert_array_equal(snaps[0], policy.flatten_layers(policy.expert_layers(e)).numpy()[0])
+        assert not np.array_equal(snaps[-1], snaps[0])  # and trains on
+    with pytest.raises(runio.UserError, match=r"--init-from .*: a cheetah-vel expert, hidden \[16, 16\].*--hidden 32 32"):
+        td3.main(tiny_args(tmp_path / "bad", init_from=str(tiny_experts), hidden=(32, 32)))
+    assert not (tmp_path / "bad").exists()
+
+
 @pytest.mark.parametrize("keep_best,sac", [(False, False), (True, False), (False, True)])
 def test_resume_reaches_the_same_state(tmp_path, tiny_args, keep_best, sac):
     kw = {"keep_best": keep_best, "eval_interval": 200 if keep_best else 0, "sac": sac}
