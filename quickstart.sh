@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CleanHyper quickstart: Cheetah-Vel end to end on a 2-core CPU, zero-shot to goals between the training goals.
 #   1. TD3 experts for 7 training velocities 0, 0.5, ..., 3 and, beside them, for 4 held-out velocities
-#      0.75, 1.25, 1.75, 2.25 (td3.py; the held-out experts only score the methods: random = 0, 1 = the best expert on the goal)
+#      0.75, 1.25, 1.75, 2.25, all fine-tuned from one expert of goal 1.5 (td3.py --init-from; the held-out experts
+#      only score the methods: random = 0, 1 = the best expert on the goal)
 #   2. the training experts' rollouts and their snapshots' behaviour data (collect.py): no held-out goal is in them
 #   3. seeds 1-3 of HyperZero and the context-conditioned MLP (hyperzero.py), HypLatent and HypFormer
 #      (hyplatent.py, hypformer.py); with --meta also MAML and PEARL (meta.py)
@@ -22,10 +23,14 @@ HELDOUT="0.75 1.25 1.75 2.25"
 SEEDS="1 2 3"
 T0=$(date +%s)
 
-TD3="--task cheetah-vel --total-timesteps 50000 --learning-starts 2000 --hidden 64 64 --eval-interval 10000 --eval-episodes 3 --seed 1"
-stage td3.py $TD3 --contexts $GOALS --snapshot-interval 1000 --snapshot-start 25000 --log-interval 5000 --out-dir "$OUT/experts" &
+# Every expert fine-tunes one start (an expert of the middle goal, 50k steps) for 40k steps: their snapshots are then
+# neighbours in parameter space, which Gen-HypRL's generators interpolate (docs/results_genhyprl.md#fixing-the-data).
+TD3="--task cheetah-vel --learning-starts 2000 --hidden 64 64 --eval-interval 10000 --eval-episodes 3 --seed 1"
+stage td3.py $TD3 --contexts 1.5 --total-timesteps 50000 --log-interval 50000 --out-dir "$OUT/start" > /dev/null
+TD3="$TD3 --total-timesteps 40000 --init-from $OUT/start/expert_goal_1.5.pt"
+stage td3.py $TD3 --contexts $GOALS --snapshot-interval 400 --snapshot-start 30000 --log-interval 5000 --out-dir "$OUT/experts" &
 PID=$!  # `wait PID` returns the job's exit status, so set -e stops on a failed background stage too
-stage td3.py $TD3 --contexts $HELDOUT --log-interval 50000 --out-dir "$OUT/experts_heldout" > /dev/null
+stage td3.py $TD3 --contexts $HELDOUT --log-interval 40000 --out-dir "$OUT/experts_heldout" > /dev/null
 wait $PID
 stage collect.py --experts "$OUT/experts" --episodes 5 --seed 1 --out-dir "$OUT/rollouts"
 

@@ -26,7 +26,18 @@ import runio  # noqa: E402
 from runio import UserError  # noqa: E402
 
 FAMILIES = ("cheetah-speed", "cheetah-length", "cheetah-both", "walker-speed", "walker-length")
-METHODS = ("expert", "nearest-expert", "random", "hyperzero", "hyperzero-no-td", "hyperzero-no-q", "mlp", "mlp-q-td", "maml", "pearl")
+METHODS = (
+    "expert",
+    "nearest-expert",
+    "random",
+    "hyperzero",
+    "hyperzero-no-td",
+    "hyperzero-no-q",
+    "mlp",
+    "mlp-q-td",
+    "maml",
+    "pearl",
+)
 # held-out return / expert return as HyPoGen re-ran HyperZero and the concatenating policy on DMC (its Table 1)
 PUBLISHED = {
     "hyperzero": {
@@ -115,9 +126,11 @@ def score_table(found: dict) -> list[str]:
         lines.append(
             f"| {name}, published (HyPoGen's re-run, DMC) | " + " | ".join(f"{PUBLISHED[m][f]:.2f}" for f in fams) + " |"
         )
-    runs = {by[f][m]["heldout_runs"] for f in fams for m in by[f] if m not in ("expert", "random")}
-    lines.append(f"\nHeld-out normalised score (R - random) / (reference - random), the reference being the best return of any")
-    lines.append(f"expert of the family on the context; mean over {'/'.join(map(str, sorted(runs)))} seeds and the held-out contexts,")
+    runs = {by[f][m]["heldout_runs"] for f in fams for m in by[f] if m not in ("expert", "nearest-expert", "random")}
+    lines.append("\nHeld-out normalised score (R - random) / (reference - random), the reference being the best return of any")
+    lines.append(
+        f"expert of the family on the context; mean over {'/'.join(map(str, sorted(runs)))} seeds and the held-out contexts,"
+    )
     lines.append("[95 % stratified-bootstrap interval] (runs resampled within contexts, contexts resampled). nearest-expert: the")
     lines.append("expert of the closest training context, zero-shot; a method transfers where its interval lies above it.")
     return lines
