@@ -418,6 +418,8 @@ def main(args: Args) -> dict:
     if args.cudagraphs and device.type != "cuda":
         raise UserError(f"--cudagraphs needs a CUDA device; --device {args.device} gives {device}")
     ck = read_checkpoint(Path(args.out_dir) / "checkpoint.pt", asdict(args)) if args.resume else None
+    if args.init_from and not Path(args.init_from).is_file():
+        raise UserError(f"--init-from {args.init_from}: no such file; give one expert file (expert_<label>.pt of td3.py)")
     start = load_experts(args.init_from)[0] if args.init_from else None
     have = start and [start["task"], start["hidden"], start.get("critic_layer_norm", False)]
     if start and have != [args.task, list(args.hidden), args.layer_norm]:

@@ -190,7 +190,9 @@ def test_init_from_starts_every_learner_from_one_expert(tmp_path, tiny_args, tin
         np.testing.assert_array_equal(snaps[0], policy.flatten_layers(policy.expert_layers(e)).numpy()[0])
         assert not np.array_equal(snaps[-1], snaps[0])  # and trains on
     with pytest.raises(runio.UserError, match=r"--init-from .*: a cheetah-vel expert, hidden \[16, 16\].*--hidden 32 32"):
-        td3.main(tiny_args(tmp_path / "bad", init_from=str(tiny_experts), hidden=(32, 32)))
+        td3.main(tiny_args(tmp_path / "bad", init_from=str(tiny_experts / "expert_goal_2.pt"), hidden=(32, 32)))
+    with pytest.raises(runio.UserError, match="--init-from .*: no such file; give one expert file"):
+        td3.main(tiny_args(tmp_path / "bad", init_from=str(tiny_experts)))  # a directory of several
     assert not (tmp_path / "bad").exists()
 
 
