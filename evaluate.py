@@ -260,7 +260,7 @@ def plot(rows: list[dict], task: str, out: Path, summary: list[dict] | None = No
         ax.bar(np.arange(len(shown)) + 0.4 * j - 0.2, mean, 0.4, yerr=err, capsize=3, label=split)
     ax.axhline(1.0, color="k", lw=1, ls="--")
     ax.set_xticks(range(len(shown)), [s["method"] for s in shown], rotation=20, ha="right")
-    ax.set_ylabel("normalised score (0 random, 1 expert)")
+    ax.set_ylabel("normalised score (0 random, 1 reference)")
     ax.set_title("mean over runs and contexts, 95 % bootstrap interval", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
