@@ -82,10 +82,14 @@ def ci(s: dict | None, key: str) -> str:
     return f"{s[key]:.2f} [{lo:.2f}, {hi:.2f}]"
 
 
+def returns(rows: list[dict], method: str) -> dict:
+    """label -> return of a one-run row (expert, random) of evaluate.py's results."""
+    return {r["label"]: r["return_mean"] for r in rows if r["method"] == method}
+
+
 def gap(rows: list[dict]) -> str:
     """Contexts whose reference (the best expert there) is > 10 % above their own expert, in R - random; the worst."""
-    own = {r["label"]: r["return_mean"] for r in rows if r["method"] == "expert"}
-    rnd = {r["label"]: r["return_mean"] for r in rows if r["method"] == "random"}
+    own, rnd = returns(rows, "expert"), returns(rows, "random")
     ref = {r["label"]: r["reference_return"] for r in rows if r.get("reference_return") is not None}
     ratio = [(ref[c] - rnd[c]) / (own[c] - rnd[c]) for c in own if c in ref and c in rnd and own[c] > rnd[c]]
     return f"{sum(x > 1.1 for x in ratio)} of {len(ratio)} (max {max(ratio):.2f})" if ratio else "-"
@@ -109,7 +113,7 @@ def expert_table(found: dict) -> list[str]:
 
 def share(rows: list[dict], method: str) -> str:
     """Held-out return / the expert's return in the same context, mean over runs and contexts (no random baseline)."""
-    expert = {r["label"]: r["return_mean"] for r in rows if r["method"] == "expert"}
+    expert = returns(rows, "expert")
     got = [r["return_mean"] / expert[r["label"]] for r in rows if r["method"] == method and r["heldout"] and r["label"] in expert]
     return f"{sum(got) / len(got):.2f}" if got else "-"
 
