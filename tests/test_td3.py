@@ -389,6 +389,7 @@ def test_shards_train_the_contexts_of_one_run_with_its_environment_seeds(tmp_pat
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 BAD_FLAGS = {  # name -> (overrides of tiny_args, the one line that refuses them)
     "eval episodes 0": ({"eval_episodes": 0}, "--eval-episodes must be a finite number > 0, got 0"),
+    "seeds 0": ({"seeds": 0}, "--seeds must be a finite number > 0, got 0"),
     "batch size 0": ({"batch_size": 0}, "--batch-size must be a finite number > 0, got 0"),
     "batch size -4": ({"batch_size": -4}, "--batch-size must be a finite number > 0, got -4"),
     "total timesteps 0": ({"total_timesteps": 0}, "--total-timesteps must be a finite number > 0"),
