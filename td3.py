@@ -45,7 +45,7 @@ class Args:
     """seed of torch, the environments and (MetaWorld) the fixed goal"""
     seeds: int = 1
     """train this many learners per context side by side (own networks, noise and environment seeds: seed j's are
-    shifted by 500000 j) and write the better one: best final evaluation (success, then return; --keep-best: best kept)"""
+    shifted by 500000 j; at most 500 contexts) and write the better one: best final evaluation (success, then return; --keep-best: best kept)"""
     out_dir: str = "runs/td3"
     """everything this run writes goes here"""
     overwrite: bool = False
@@ -388,6 +388,8 @@ def checked_contexts(args: Args) -> tuple[list[int], list[dict], list[str]]:
     contexts = parse_contexts(args.task, args.contexts, args.seed)  # refuses duplicates
     if not contexts:
         raise UserError("no contexts given (--contexts)")
+    if args.seeds > 1 and len(contexts) > 500:  # learner j of context i is seeded by place i + 500 j: no overlap
+        raise UserError(f"--seeds {args.seeds} with {len(contexts)} contexts: at most 500 contexts with --seeds > 1")
     ids = runio.shard(args.shard, len(contexts))
     return ids, [contexts[i] for i in ids], [context_label(contexts[i]) for i in ids]
 

@@ -390,6 +390,10 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has
 BAD_FLAGS = {  # name -> (overrides of tiny_args, the one line that refuses them)
     "eval episodes 0": ({"eval_episodes": 0}, "--eval-episodes must be a finite number > 0, got 0"),
     "seeds 0": ({"seeds": 0}, "--seeds must be a finite number > 0, got 0"),
+    "seeds over 500 contexts": (  # learner j of context i has place i + 500 j: more would share environment seeds
+        {"seeds": 2, "contexts": tuple(f"{i / 200:g}" for i in range(501))},
+        "--seeds 2 with 501 contexts: at most 500 contexts with --seeds > 1",
+    ),
     "batch size 0": ({"batch_size": 0}, "--batch-size must be a finite number > 0, got 0"),
     "batch size -4": ({"batch_size": -4}, "--batch-size must be a finite number > 0, got -4"),
     "total timesteps 0": ({"total_timesteps": 0}, "--total-timesteps must be a finite number > 0"),
