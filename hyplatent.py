@@ -153,9 +153,9 @@ def zscore(x):  # per feature; the floor keeps features that never move finite
     return {"shift": x.mean(0), "scale": x.std(0, unbiased=False).clamp_min(1e-6)}
 
 
-def limits(x):  # per feature to [-1, 1] (MAA's LinearNormalizer mode='limits')
-    lo, hi = x.min(0).values, x.max(0).values
-    return {"shift": (hi + lo) / 2, "scale": ((hi - lo) / 2).clamp_min(1e-6)}
+def limits(x):  # per feature to [-1, 1] (MAA's LinearNormalizer mode='limits'); one that never moves (range < 1e-4) is
+    lo, hi = x.min(0).values, x.max(0).values  # only shifted, as there: a 1e-6 scale would blow up an unseen task's value
+    return {"shift": (hi + lo) / 2, "scale": torch.where(hi - lo < 1e-4, 1.0, (hi - lo) / 2)}
 
 
 def normalize(x, nrm):

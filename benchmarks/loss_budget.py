@@ -1,22 +1,31 @@
 """benchmarks/loss_budget.py — where Gen-HypRL loses return: every stage of the chain scored as a policy source.
 
-On the goals of one Cheetah-Vel run (hyplatent.py runs of several seeds, their hypformer.py runs, the experts and the
-rollouts they were trained on), each row is a source of policies, rolled out with evaluate.py's seeds and scored by
-its normalised score (0 random, 1 the best expert on that goal):
+On the goals of one Gen-HypRL run (hyplatent.py runs of several seeds, their hypformer.py runs, the experts and the
+rollouts they were trained on), each row is a source of policies, rolled out with evaluate.py's seeds and scored:
+Cheetah-Vel by the normalised return (0 random, 1 the best expert on that goal), MetaWorld by success (as the paper):
 
   (a) data            the behaviour policies themselves (the snapshots collect.py stored), every one of them
   (a) best snapshot   the best of a goal's snapshots on that goal (an upper bound the data contain)
   (b) reconstruction  each snapshot through the parameter autoencoder of the run (encode, clamp, decode)
   (c) hyplatent       --samples generated policies per goal, conditioned on the goal
   (d) hypformer       the same through HypFormer
-  nearest expert      on a held-out goal: the expert of the closest training goal, zero-shot
+  nearest expert      on a held-out goal: the expert of the closest training goal, zero-shot; on an unseen MetaWorld
+                      task the seen expert whose demonstration the run's behaviour embedding puts closest to the task's
 
-(a) and the nearest expert are measured once; (b)-(d) per run, so their intervals are over runs and goals (95 %
-stratified bootstrap, evaluate.bootstrap_ci). The quickstart's files, 3 seeds:
+(a) is measured once; (b)-(d) per run (and MetaWorld's nearest expert, whose embedding is the run's), so their
+intervals are over runs and goals (95 % stratified bootstrap, evaluate.bootstrap_ci). MetaWorld's generators are
+conditioned on each task's expert demonstration, as in evaluate.py, so every task needs its expert in --experts. The
+quickstart's files, 3 seeds:
 
     python benchmarks/loss_budget.py --experts runs/quickstart/experts runs/quickstart/experts_heldout \
         --hyplatent runs/quickstart/hyplatent_s{1,2,3} --hypformer runs/quickstart/hypformer_s{1,2,3} \
         --heldout 0.75 1.25 1.75 2.25 --out runs/quickstart/loss_budget.json
+
+MetaWorld (suite/genhyprl.sh's files; one episode: a deterministic policy's MetaWorld episodes are identical):
+
+    python benchmarks/loss_budget.py --experts $(bash suite/genhyprl.sh --experts) --episodes 1 --snapshots 20 \
+        --hyplatent runs/genhyprl/hyplatent_s{1,2,3} --hypformer runs/genhyprl/hypformer_s{1,2,3} \
+        --heldout $(bash suite/genhyprl.sh --list | sed -n 's/^unseen|//p') --out runs/genhyprl/loss_budget.json
 """
 
 import json
@@ -40,98 +49,118 @@ import tasks  # noqa: E402
 @dataclass
 class Args:
     experts: tuple[str, ...] = ("runs/quickstart/experts",)
-    """td3.py expert directories: the normaliser (best expert per goal) and the nearest-expert row"""
+    """td3.py expert directories or files: the normaliser (best expert per goal), the nearest-expert row, the demos"""
     hyplatent: tuple[str, ...] = ()
     """hyplatent.py run directories (one per seed); the first one's data directory is the data"""
     hypformer: tuple[str, ...] = ()
     """hypformer.py run directories (one per seed)"""
     heldout: tuple[str, ...] = ()
-    """held-out goals to score (c), (d) and the nearest expert on"""
+    """held-out goals (MetaWorld: unseen tasks) to score (c), (d) and the nearest expert on"""
     episodes: int = 3
     """episodes per policy and goal (evaluate.py's seeds: seed + e)"""
     samples: int = 4
     """generated policies per goal and run"""
+    snapshots: int = 0
+    """score this many of each goal's snapshots for (a) and (b), evenly spaced over training (0: all)"""
     seed: int = 1
     out: str = ""
     """write the rows and the table as JSON here (optional)"""
 
 
-def returns(task, ctx, layers, args) -> list[float]:
-    """The mean return of each policy of a batch (layers with K policies) on ctx."""
-    return [r["return_mean"] for r in policy.evaluate_each(task, ctx, layers, args.episodes, args.seed)]
+def results(task, ctx, layers, args) -> list[dict]:
+    """evaluate_policy of each policy of a batch (layers with K policies) on ctx."""
+    return policy.evaluate_each(task, ctx, layers, args.episodes, args.seed)
+
+
+def rows_of(layers, i: int, n: int):
+    """Goal i's n policies of a context-major batch."""
+    return [(W[i * n : (i + 1) * n], b[i * n : (i + 1) * n]) for W, b in layers]
 
 
 def main(args: Args) -> dict:
-    runio.check_flags(args, positive=("episodes", "samples"), nonnegative=("seed",))
+    runio.check_flags(args, positive=("episodes", "samples"), nonnegative=("seed", "snapshots"))
     if not args.hyplatent:
         raise runio.UserError("give --hyplatent runs (one per seed)")
     t0 = time.time()
     experts = policy.load_experts(list(args.experts))
+    by_label = {e["label"]: e for e in experts}
     runs = [hyplatent.load_checkpoint(d) for d in args.hyplatent]
     formers = [hypformer.load_checkpoint(d) for d in args.hypformer]
-    task = runs[0]["task"]
-    if runs[0]["condition"] != "context":
-        raise runio.UserError("only runs conditioned on a numeric context (Cheetah-Vel) are budgeted here; MetaWorld is not yet")
+    task, behaviour = runs[0]["task"], runs[0]["condition"] == "behaviour"
     data = hyplatent.load_data(runs[0]["data_dir"])
     train = runs[0]["split"]["train"]  # the goals the generators trained on (the data may hold its --test-contexts too)
-    held = tasks.parse_contexts(task, args.heldout, args.seed)
+    if behaviour:  # a MetaWorld task's context (its goal seed) is its expert's, whose demonstration conditions it
+        names = [tasks.context_label(c) for c in tasks.parse_contexts(task, args.heldout, args.seed)]
+        if lack := [n for n in [tasks.context_label(c) for c in train] + names if n not in by_label]:
+            raise runio.UserError(
+                f"no expert of {', '.join(lack)} in --experts: each task's demonstration conditions the generators"
+            )
+        held = [by_label[n]["context"] for n in names]
+    else:
+        held = tasks.parse_contexts(task, args.heldout, args.seed)
     goals = train + held
     labels = [tasks.context_label(c) for c in goals]
     if twice := sorted(set(labels[: len(train)]) & set(labels[len(train) :])):
         raise runio.UserError(f"--heldout {', '.join(twice)}: a goal the generators trained on; give held-out goals only")
     in_data = [tasks.context_label(c) for c in data["contexts"]]
     sizes = data["policy_sizes"]
+    demo = evaluate.demo_conditions(task, goals, by_label, args.seed, "cpu") if behaviour else None  # [G, traj_dim]
 
-    # the reference: the best expert on every goal, and random (score 0), on the same seeds
-    on = {}
-    for e in experts:
-        layers = policy.expert_layers(e)
-        for ctx, lab in zip(goals, labels):
-            on[e["label"], lab] = policy.evaluate_policy(task, ctx, layers, args.episodes, args.seed)["return_mean"]
-    best = {lab: max(on[e["label"], lab] for e in experts) for lab in labels}
-    rand = {
-        lab: policy.evaluate_policy(task, ctx, None, args.episodes, args.seed)["return_mean"] for ctx, lab in zip(goals, labels)
-    }
-    score = lambda lab, r: (r - rand[lab]) / (best[lab] - rand[lab])  # noqa: E731
-
-    rows = []  # {source, split, run, label, score}
-    add = lambda src, split, run, lab, rs: rows.append(  # noqa: E731
-        {
-            "source": src,
-            "split": split,
-            "run": run,
-            "label": lab,
-            "score": float(np.mean([score(lab, r) for r in rs])),
-            "best": float(max(score(lab, r) for r in rs)),
+    # the score of a result: MetaWorld's success; else (R - random) / (best expert - random), all on the same seeds
+    if behaviour:
+        score = lambda lab, r: r["success_rate"]  # noqa: E731
+    else:
+        on = {
+            (e["label"], lab): results(task, c, policy.expert_layers(e), args)[0]
+            for e in experts
+            for c, lab in zip(goals, labels)
         }
-    )
+        best = {lab: max(on[e["label"], lab]["return_mean"] for e in experts) for lab in labels}
+        rand = {
+            lab: policy.evaluate_policy(task, c, None, args.episodes, args.seed)["return_mean"] for c, lab in zip(goals, labels)
+        }
+        score = lambda lab, r: (r["return_mean"] - rand[lab]) / (best[lab] - rand[lab])  # noqa: E731
+
+    rows = []  # {source, split, run, label, score (mean over the source's policies), best (the best of them)}
+
+    def add(src, split, run, lab, rs, **extra):
+        got = [score(lab, r) for r in rs]
+        rows.append({"source": src, "split": split, "run": run, "label": lab, "score": float(np.mean(got))} | extra)
+        rows[-1]["best"] = float(max(got))
+
     for ctx, lab in zip(train, labels):
         snaps = data["params"][data["context_id"] == in_data.index(lab)]  # [N, P] this goal's behaviour policies
-        got = returns(task, ctx, policy.unflatten_layers(snaps, sizes), args)
-        add("(a) data", "train", None, lab, got)
+        if args.snapshots and len(snaps) > args.snapshots:  # evenly spaced over training
+            snaps = snaps[np.unique(np.linspace(0, len(snaps) - 1, args.snapshots).round().astype(int))]
+        add("(a) data", "train", None, lab, results(task, ctx, policy.unflatten_layers(snaps, sizes), args))
         rows.append(rows[-1] | {"source": "(a) best snapshot", "score": rows[-1]["best"]})
         for j, ck in enumerate(runs):
             models = hyplatent.build_models(ck)
             with torch.no_grad():
                 z = models["ae"].encode(hyplatent.normalize(snaps, ck["param_norm"])).clamp(-1, 1)
                 rec = hyplatent.unnormalize(models["ae"].decode(z), ck["param_norm"])
-            add("(b) reconstruction", "train", j, lab, returns(task, ctx, policy.unflatten_layers(rec, sizes), args))
+            add("(b) reconstruction", "train", j, lab, results(task, ctx, policy.unflatten_layers(rec, sizes), args))
         print(f"{lab}: data and reconstructions scored ({time.time() - t0:.0f} s)", flush=True)
-    for split, ctxs in (("train", train), ("held out", held)):
+    for split, at in (("train", range(len(train))), ("held out", range(len(train), len(goals)))):
+        ctxs, cond = [goals[i] for i in at], demo[list(at)] if behaviour else None
         for name, module, cks in (("(c) hyplatent", hyplatent, runs), ("(d) hypformer", hypformer, formers)):
             for j, ck in enumerate(cks):
-                layers = module.generate_policies(ck, ctxs, n=args.samples, seed=args.seed)
+                layers = module.generate_policies(ck, ctxs, n=args.samples, seed=args.seed, conditions=cond)
                 for i, ctx in enumerate(ctxs):
-                    own = [
-                        (W[i * args.samples : (i + 1) * args.samples], b[i * args.samples : (i + 1) * args.samples])
-                        for W, b in layers
-                    ]
-                    add(name, split, j, tasks.context_label(ctx), returns(task, ctx, own, args))
-    trained = {tasks.context_label(c) for c in train}
-    pool = [e for e in experts if e["label"] in trained]
-    for ctx in held:  # the expert of the nearest training goal, zero-shot (ties: their mean)
-        near, lab = policy.nearest_experts(task, ctx, pool), tasks.context_label(ctx)
-        add("nearest expert", "held out", None, lab, [float(np.mean([on[n, lab] for n in near]))])
+                    add(name, split, j, tasks.context_label(ctx), results(task, ctx, rows_of(layers, i, args.samples), args))
+    if behaviour:  # the seen expert nearest in the run's behaviour embedding (its normalised condition space)
+        for j, ck in enumerate(runs):
+            c = hyplatent.conditions_of(ck, hyplatent.build_models(ck), goals, demo)  # [G, c]
+            for i, ctx in zip(range(len(train), len(goals)), held):
+                near = labels[int(torch.cdist(c[i : i + 1], c[: len(train)]).argmin())]
+                r = results(task, ctx, policy.expert_layers(by_label[near]), args)
+                add("nearest expert", "held out", j, labels[i], r, expert=near)
+    else:  # the expert of the nearest training goal, zero-shot (ties: their mean)
+        pool = [e for e in experts if e["label"] in set(labels[: len(train)])]
+        for ctx in held:
+            near, lab = policy.nearest_experts(task, ctx, pool), tasks.context_label(ctx)
+            mean = float(np.mean([on[n, lab]["return_mean"] for n in near]))
+            add("nearest expert", "held out", None, lab, [{"return_mean": mean}], expert=" ".join(near))
 
     # the table: mean over runs and goals, 95 % stratified bootstrap over runs within goals and goals
     table = []
@@ -139,20 +168,17 @@ def main(args: Args) -> dict:
         for split in ("train", "held out"):
             rs = [r for r in rows if r["source"] == src and r["split"] == split]
             if rs:
-                m = evaluate.score_matrix(
-                    [{"method": src, "run": r["run"], "label": r["label"], "normalized": r["score"]} for r in rs], "normalized"
-                )
-                ci = evaluate.bootstrap_ci(m[0], seed=args.seed)
-                table.append(
-                    {"source": src, "split": split, "runs": len({r["run"] for r in rs}), "goals": len({r["label"] for r in rs})}
-                    | ci
-                )
-    print("\n| source | split | runs | goals | normalised score: mean [95% CI] |\n|---|---|---|---|---|")
+                cells = [{"method": src, "run": r["run"], "label": r["label"], "normalized": r["score"]} for r in rs]
+                ci = evaluate.bootstrap_ci(evaluate.score_matrix(cells, "normalized")[0], seed=args.seed)
+                n_runs, n_goals = len({r["run"] for r in rs}), len({r["label"] for r in rs})
+                table.append({"source": src, "split": split, "runs": n_runs, "goals": n_goals} | ci)
+    what = "success" if behaviour else "normalised score"
+    print(f"\n| source | split | runs | goals | {what}: mean [95% CI] |\n|---|---|---|---|---|")
     for t in table:
-        print(
-            f"| {t['source']} | {t['split']} | {t['runs']} | {t['goals']} | {t['mean']:.2f} [{t['mean_ci'][0]:.2f}, {t['mean_ci'][1]:.2f}] |"
-        )
-    print(f"({time.time() - t0:.0f} s; score 1: the best expert on the goal, {args.episodes} episodes per policy)")
+        lo, hi = t["mean_ci"]
+        print(f"| {t['source']} | {t['split']} | {t['runs']} | {t['goals']} | {t['mean']:.2f} [{lo:.2f}, {hi:.2f}] |")
+    ref = "success over" if behaviour else "score 1: the best expert on the goal,"
+    print(f"({time.time() - t0:.0f} s; {ref} {args.episodes} episodes per policy)")
     if args.out:
         runio.atomic_save(json.dumps({"args": vars(args), "rows": rows, "table": table}, indent=1), args.out)
     return {"rows": rows, "table": table}

@@ -81,6 +81,16 @@ def mw_data(tmp_path, sizes=(39, 8, 8, 4), per=8, seed=0):
 # ---------------------------------------------------------------------------------------------
 # Stage 1: the autoencoder on real TD3 actors
 # ---------------------------------------------------------------------------------------------
+def test_limits_maps_each_feature_to_the_unit_range_and_only_shifts_one_that_never_moves():
+    x = torch.tensor([[0.0, 5.0, 2.0], [4.0, 5.0, 2.00001]])
+    nrm = hyplatent.limits(x)
+    assert torch.allclose(hyplatent.normalize(x, nrm)[:, 0], torch.tensor([-1.0, 1.0]))
+    # a constant feature (MetaWorld's zero padding): another task's value 6 is 1 away, not 1e6 (MAA: range_eps 1e-4)
+    z = hyplatent.normalize(torch.tensor([[2.0, 6.0, 2.0]]), nrm)
+    assert z[0, 1].item() == pytest.approx(1.0) and abs(z[0, 2].item()) < 1e-4
+    assert torch.allclose(hyplatent.unnormalize(hyplatent.normalize(x, nrm), nrm), x)
+
+
 def test_chunks_are_first_layer_then_rest():
     assert hyplatent.chunks_of([39, 128, 128, 4])[0] == 5120  # MAA's first chunk: Linear(39, 128) with its bias
     sizes = [17, 16, 16, 6]
