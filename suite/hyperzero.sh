@@ -8,6 +8,8 @@
 #                   bash suite/hyperzero.sh cheetah-speed cheetah-length walker-length &
 #                   bash suite/hyperzero.sh cheetah-both walker-speed; wait; python suite/table.py
 #   SEEDS="1 2 3"   approximator seeds;  FIT=3000  approximator gradient steps (MAML: a third of them)
+#   INIT_FROM=FILE  every expert of the family starts as this expert file (td3.py --init-from: one shared start, the
+#                   quickstart's fix for uneven experts); its own steps come on top of the family's
 #   SPLIT=hard      HyPoGen's harder split instead (about 80 % held out: trained on the ends of each range, and the
 #                   middle of cheetah-speed / the centre of cheetah-both), into OUT/FAMILY/hard/; experts and rollouts shared
 #   bash suite/hyperzero.sh --list   prints each family as name|task|expert steps|contexts|held-out contexts
@@ -31,6 +33,7 @@ die() { echo "error: $*" >&2; exit 2; }  # every setting is checked here, before
 case $SPLIT in paper | hard) ;; *) die "SPLIT=$SPLIT; valid: paper, hard" ;; esac
 [[ $FIT =~ ^[1-9][0-9]*$ ]] || die "FIT=$FIT must be a positive integer (approximator gradient steps)"
 [[ $THREADS =~ ^[0-9]+$ ]] || die "THREADS=$THREADS must be an integer >= 0 (torch threads per stage)"
+[ -z "${INIT_FROM:-}" ] || [ -f "$INIT_FROM" ] || die "INIT_FROM=$INIT_FROM: no such file; give one expert file (expert_<label>.pt)"
 [ -n "$SEEDS" ] || die "SEEDS is empty; give approximator seeds, e.g. SEEDS=\"1 2 3\""
 for s in $SEEDS; do [[ $s =~ ^[0-9]+$ ]] || die "SEEDS=\"$SEEDS\": '$s' is not a seed (an integer >= 0)"; done
 stage() { $PY "$@" --torch-threads "$THREADS"; }
@@ -67,6 +70,7 @@ run_family() {
   if [ "$steps_done" != "$STEPS" ]; then
     local again=""; [ -f "$d/experts/checkpoint.pt" ] && again=--resume
     stage td3.py --task $TASK --contexts $CONTEXTS --total-timesteps $STEPS --learning-starts 5000 --hidden 64 64 \
+      ${INIT_FROM:+--init-from "$INIT_FROM"} \
       --eval-interval 20000 --eval-episodes 2 --checkpoint-interval 10000 --log-interval 5000 --seed 1 \
       --out-dir "$d/experts" $again
   fi

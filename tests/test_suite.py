@@ -70,6 +70,13 @@ def test_unknown_family_refused_before_any_work(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_missing_shared_start_refused_before_any_work(tmp_path):
+    env = {"PYTHON": sys.executable, "OUT": str(tmp_path / "o"), "PATH": "/usr/bin:/bin", "INIT_FROM": str(tmp_path / "no.pt")}
+    out = subprocess.run(["bash", "suite/hyperzero.sh", "walker-length"], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert out.returncode == 2 and f"INIT_FROM={tmp_path / 'no.pt'}: no such file" in out.stderr
+    assert not (tmp_path / "o").exists()
+
+
 def fake_eval(d: Path, scores: dict, expert=(500.0, 400.0, 300.0), rnd=100.0, reference=(500.0, 400.0, 340.0)):
     """evaluate.py's outputs for a family of 3 contexts (the last held out) from {method: {run: score}}; the best
     expert on context c (340) is 1.2x its own (300) in R - random."""
