@@ -471,7 +471,7 @@ def main(args: Args) -> dict:
         layers = mod.generate_policies(ck, contexts, n=args.samples, seed=args.seed, device=device, conditions=conditions)
         n = len(layers[0][0]) // len(contexts)  # context-major: context i owns policies i*n : (i+1)*n
         for i, (ctx, lab) in enumerate(zip(contexts, labels)):
-            own = [(W[i * n : (i + 1) * n], b[i * n : (i + 1) * n]) for W, b in layers]
+            own = policy.pick(layers, i, n)
             res, extra = evaluate_policies(task, ctx, own, args.episodes, args.seed)
             add(method, run, ctx, res, lab not in train, n, extra)
             if args.capture_video:
@@ -485,7 +485,7 @@ def main(args: Args) -> dict:
             trans = [expert_transitions(task, by_label[lab], args.adapt_transitions, args.seed, device) for _, lab in todo]
             adapted = mod.adapt_policies(ck, [ctx for ctx, _ in todo], trans, steps, device=device) if todo else []
             for i, (ctx, lab) in enumerate(todo):
-                own = [(W[i : i + 1], b[i : i + 1]) for W, b in adapted]
+                own = policy.pick(adapted, i)
                 res = policy.evaluate_policy(task, ctx, own, args.episodes, args.seed)
                 extra = {"adapt_transitions": args.adapt_transitions, "adapt_steps": steps}
                 add(f"{method}-adapted", run, ctx, res, lab not in train, extra=extra)

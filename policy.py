@@ -125,10 +125,14 @@ def evaluate_policy(task: str, ctx: dict, layers, episodes: int, seed: int) -> d
     }
 
 
+def pick(layers, i: int, n: int = 1):
+    """Policies i*n ... (i+1)*n - 1 of a batch of K: context i's n policies of a context-major batch."""
+    return [(W[i * n : (i + 1) * n], b[i * n : (i + 1) * n]) for W, b in layers]
+
+
 def evaluate_each(task: str, ctx: dict, layers, episodes: int, seed: int) -> list[dict]:
     """evaluate_policy of each of the K policies in layers, all on the same seeds."""
-    one = lambda j: [(W[j : j + 1], b[j : j + 1]) for W, b in layers]  # noqa: E731
-    return [evaluate_policy(task, ctx, one(j), episodes, seed) for j in range(len(layers[0][0]))]
+    return [evaluate_policy(task, ctx, pick(layers, j), episodes, seed) for j in range(len(layers[0][0]))]
 
 
 def nearest_experts(task: str, ctx: dict, experts: list[dict]) -> list[str]:

@@ -72,11 +72,6 @@ def results(task, ctx, layers, args) -> list[dict]:
     return policy.evaluate_each(task, ctx, layers, args.episodes, args.seed)
 
 
-def rows_of(layers, i: int, n: int):
-    """Goal i's n policies of a context-major batch."""
-    return [(W[i * n : (i + 1) * n], b[i * n : (i + 1) * n]) for W, b in layers]
-
-
 def main(args: Args) -> dict:
     runio.check_flags(args, positive=("episodes", "samples"), nonnegative=("seed", "snapshots"))
     if not args.hyplatent:
@@ -111,7 +106,7 @@ def main(args: Args) -> dict:
         score = lambda lab, r: r["success_rate"]  # noqa: E731
     else:
         on = {
-            (e["label"], lab): results(task, c, policy.expert_layers(e), args)[0]
+            (e["label"], lab): policy.evaluate_policy(task, c, policy.expert_layers(e), args.episodes, args.seed)
             for e in experts
             for c, lab in zip(goals, labels)
         }
@@ -121,6 +116,7 @@ def main(args: Args) -> dict:
         }
         score = lambda lab, r: (r["return_mean"] - rand[lab]) / (best[lab] - rand[lab])  # noqa: E731
 
+    models = [hyplatent.build_models(ck) for ck in runs]  # per run: its autoencoder, generator and embedding
     rows = []  # {source, split, run, label, score (mean over the source's policies), best (the best of them)}
 
     def add(src, split, run, lab, rs, **extra):
@@ -134,11 +130,10 @@ def main(args: Args) -> dict:
             snaps = snaps[np.unique(np.linspace(0, len(snaps) - 1, args.snapshots).round().astype(int))]
         add("(a) data", "train", None, lab, results(task, ctx, policy.unflatten_layers(snaps, sizes), args))
         rows.append(rows[-1] | {"source": "(a) best snapshot", "score": rows[-1]["best"]})
-        for j, ck in enumerate(runs):
-            models = hyplatent.build_models(ck)
+        for j, (ck, m) in enumerate(zip(runs, models)):
             with torch.no_grad():
-                z = models["ae"].encode(hyplatent.normalize(snaps, ck["param_norm"])).clamp(-1, 1)
-                rec = hyplatent.unnormalize(models["ae"].decode(z), ck["param_norm"])
+                z = m["ae"].encode(hyplatent.normalize(snaps, ck["param_norm"])).clamp(-1, 1)
+                rec = hyplatent.unnormalize(m["ae"].decode(z), ck["param_norm"])
             add("(b) reconstruction", "train", j, lab, results(task, ctx, policy.unflatten_layers(rec, sizes), args))
         print(f"{lab}: data and reconstructions scored ({time.time() - t0:.0f} s)", flush=True)
     for split, at in (("train", range(len(train))), ("held out", range(len(train), len(goals)))):
@@ -147,10 +142,10 @@ def main(args: Args) -> dict:
             for j, ck in enumerate(cks):
                 layers = module.generate_policies(ck, ctxs, n=args.samples, seed=args.seed, conditions=cond)
                 for i, ctx in enumerate(ctxs):
-                    add(name, split, j, tasks.context_label(ctx), results(task, ctx, rows_of(layers, i, args.samples), args))
+                    add(name, split, j, tasks.context_label(ctx), results(task, ctx, policy.pick(layers, i, args.samples), args))
     if behaviour:  # the seen expert nearest in the run's behaviour embedding (its normalised condition space)
-        for j, ck in enumerate(runs):
-            c = hyplatent.conditions_of(ck, hyplatent.build_models(ck), goals, demo)  # [G, c]
+        for j, (ck, m) in enumerate(zip(runs, models)):
+            c = hyplatent.conditions_of(ck, m, goals, demo)  # [G, c]
             for i, ctx in zip(range(len(train), len(goals)), held):
                 near = labels[int(torch.cdist(c[i : i + 1], c[: len(train)]).argmin())]
                 r = results(task, ctx, policy.expert_layers(by_label[near]), args)
