@@ -14,10 +14,11 @@ Runs: --policies directories whose checkpoints name the same method are RUNS (se
 expert and random rows, measured once), so results.json keeps every run's numbers. summary.json and the printed
 table aggregate each method over its runs and the contexts of a split (training / held out): the mean and the
 interquartile mean (IQM) of the expert-normalised score (MetaWorld: also of the success rate) with 95 % stratified
-bootstrap intervals (Agarwal et al. 2021, "Deep RL at the edge of the statistical precipice"): `bootstrap_ci`.
+bootstrap intervals (Agarwal et al. 2021, "Deep RL at the edge of the statistical precipice"): stats.py.
 
 Rows beside the methods: random (score 0), expert (the context's own), and nearest-expert: the expert of the closest
-training context used zero-shot (ties: their mean), the yardstick a method must beat to show transfer. Score 1 is the
+training context used zero-shot (ties: their mean), the yardstick a method must beat to show transfer (MetaWorld: per
+HypLatent run, the seen expert whose demonstration the run's behaviour embedding puts closest to the unseen task's). Score 1 is the
 best return any expert achieves on the context (--reference best). Writes results.json / .csv (one row per method, run
 and context), summary.json, returns.png, normalized.png, heatmap.png (two context variables varied), success.png
 (MetaWorld), videos/ with --capture-video. Walk-through: docs/evaluate.md.
@@ -55,6 +56,7 @@ import hyplatent
 import meta
 import policy
 import runio
+import stats
 import tasks
 from runio import UserError
 
@@ -158,65 +160,13 @@ def save_video(task, ctx, layers, seed, path):
     runio.atomic_save(buf.getvalue(), path)
 
 
-# ---------------------------------------------------------------------------------------------
-# Intervals over runs and contexts. rliable (Agarwal et al.'s library) is not a dependency: its 1.2.0 release fails to
-# import with the pandas 3 that pip resolves today (arch 7.2's deprecate_kwarg raises a TypeError) and it pulls in
-# pandas, scipy, statsmodels, arch and seaborn for these few lines. They match its get_interval_estimates to 3
-# decimals with task_bootstrap False and True (tests/test_evaluate.py cross-checks where rliable imports).
-# ---------------------------------------------------------------------------------------------
-def iqm(scores: np.ndarray, axis=None) -> np.ndarray:
-    """Interquartile mean (Agarwal et al. 2021): mean of the sorted scores with int(n/4) cut from each end, as
-    scipy.stats.trim_mean(x, 0.25) and rliable's aggregate_iqm compute it. axis=None pools everything; axis=-1
-    reduces the last axis (one IQM per bootstrap replicate)."""
-    x = np.sort(np.asarray(scores, dtype=np.float64).reshape(-1) if axis is None else np.asarray(scores, np.float64), axis=-1)
-    n = x.shape[-1]
-    cut = int(0.25 * n)
-    return x[..., cut : n - cut].mean(-1)
-
-
-def bootstrap_ci(scores, reps: int = 2000, size: float = 0.95, seed: int = 0, resample_tasks: bool = True) -> dict:
-    """scores [R runs, T tasks] -> mean and IQM with percentile bootstrap intervals.
-
-    Stratified bootstrap (Agarwal et al. 2021, rliable's StratifiedBootstrap): each replicate draws R runs with
-    replacement independently within every task; with resample_tasks the T tasks (here: held-out contexts) are
-    drawn with replacement too (rliable's task_bootstrap=True), so the interval also covers which contexts were
-    held out. A single run and a single task give a zero-width interval: nothing was resampled."""
-    s = np.asarray(scores, dtype=np.float64)
-    R, T = s.shape
-    g = np.random.default_rng(seed)
-    cols = g.integers(0, T, (reps, 1, T)) if resample_tasks else np.broadcast_to(np.arange(T), (reps, 1, T))
-    boot = s[g.integers(0, R, (reps, R, T)), cols].reshape(reps, R * T)  # [reps, R*T]
-    q = [50 * (1 - size), 50 * (1 + size)]
-    return {
-        "mean": float(s.mean()),
-        "mean_ci": [float(v) for v in np.percentile(boot.mean(1), q)],
-        "iqm": float(iqm(s)),
-        "iqm_ci": [float(v) for v in np.percentile(iqm(boot, axis=-1), q)],
-        "runs": R,
-        "tasks": T,
-    }
-
-
-def score_matrix(rows: list[dict], key: str) -> tuple[np.ndarray, bool] | None:
-    """The rows of one method and split -> (scores [R runs, T contexts], False), the strata of bootstrap_ci. Where the
-    runs hold out different contexts (seeded --test-fraction splits) there is no such matrix: then each run's mean
-    over its own contexts, [R, 1], and True. None where no row has the score."""
-    cell = {(r.get("run"), r.get("label")): r[key] for r in rows if r.get(key) is not None}
-    if not cell:
-        return None
-    runs, labels = list(dict.fromkeys(u for u, _ in cell)), list(dict.fromkeys(c for _, c in cell))
-    if len(cell) == len(runs) * len(labels):
-        return np.array([[cell[u, c] for c in labels] for u in runs]), False
-    return np.array([[np.mean([v for (u, _), v in cell.items() if u == run])] for run in runs]), True
-
-
 def plot(rows: list[dict], task: str, out: Path, summary: list[dict] | None = None) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    summary = summary if summary is not None else summarize(rows)
+    summary = summary if summary is not None else stats.summarize(rows)
     labels = list(dict.fromkeys(r["label"] for r in rows))
     var = varying(rows)  # cheetah-run contexts carry speed and length; plot against the one that varies
     numeric = task != "metaworld" and len(var) == 1
@@ -374,7 +324,7 @@ def evaluate_policies(task, ctx, layers, episodes: int, seed: int) -> tuple[dict
         return res, {}
     per_policy = [r["success_rate"] for r in per]
     res["success_rate"] = float(np.mean(per_policy))
-    return res, top_k_success(per_policy)
+    return res, stats.top_k_success(per_policy)
 
 
 def write_results(rows: list[dict], task: str, args: Args, out: Path) -> tuple[list[dict], list[str]]:
@@ -386,10 +336,10 @@ def write_results(rows: list[dict], task: str, args: Args, out: Path) -> tuple[l
     w.writeheader()
     w.writerows(flat)
     runio.atomic_save(buf.getvalue(), out / "results.csv")
-    summary = summarize(rows, args.bootstrap_reps, args.seed, args.resample_contexts)
+    summary = stats.summarize(rows, args.bootstrap_reps, args.seed, args.resample_contexts)
     plots = plot(rows, task, out, summary)
     ref = "the best return of any expert on that context" if args.reference == "best" else "the context's own expert"
-    print("\n" + format_table(summary) + f"\n\nnormalised score: (R - random) / (reference - random); reference = {ref}")
+    print("\n" + stats.format_table(summary) + f"\n\nnormalised score: (R - random) / (reference - random); reference = {ref}")
     runio.atomic_save(json.dumps({"args": asdict(args), "summary": summary}, indent=1), out / "summary.json")
     return summary, plots
 
@@ -469,6 +419,19 @@ def main(args: Args) -> dict:
         # a behaviour-conditioned generator (MetaWorld) is conditioned on the task's expert demonstration
         conditions = demo_conditions(task, contexts, by_label, args.seed, device) if ck.get("condition") == "behaviour" else None
         layers = mod.generate_policies(ck, contexts, n=args.samples, seed=args.seed, device=device, conditions=conditions)
+        if (
+            conditions is not None
+            and mod is hyplatent
+            and (seen := [c for c in ck["split"]["train"] if tasks.context_label(c) in by_label])
+        ):
+            # MetaWorld's yardstick, one row per HypLatent run: the seen expert whose demonstration this run's
+            # behaviour embedding puts closest to the unseen task's, zero-shot (its rollouts are in cross already)
+            seen_demo = demo_conditions(task, seen, by_label, args.seed, device)
+            near = hyplatent.nearest_seen(ck, hyplatent.build_models(ck, device), seen_demo, conditions)
+            for ctx, lab, k in zip(contexts, labels, near):
+                if lab not in train:
+                    got = tasks.context_label(seen[k])
+                    add("nearest-expert", run, ctx, cross[got, lab], True, extra={"neighbours": [got]})
         n = len(layers[0][0]) // len(contexts)  # context-major: context i owns policies i*n : (i+1)*n
         for i, (ctx, lab) in enumerate(zip(contexts, labels)):
             own = policy.pick(layers, i, n)
@@ -490,7 +453,7 @@ def main(args: Args) -> dict:
                 extra = {"adapt_transitions": args.adapt_transitions, "adapt_steps": steps}
                 add(f"{method}-adapted", run, ctx, res, lab not in train, extra=extra)
 
-    normalize(rows, best if args.reference == "best" else None)
+    stats.normalize(rows, best if args.reference == "best" else None)
     if args.capture_video:
         for e in experts:
             if e["label"] in labels:
@@ -500,92 +463,6 @@ def main(args: Args) -> dict:
     runio.finish_out_dir(out)
     print(f"\nwrote results.json, results.csv, summary.json, {', '.join(plots)} to {out}  ({time.time() - t0:.0f} s)")
     return {"rows": rows, "summary": summary, "out_dir": str(out)}
-
-
-def normalize(rows: list[dict], reference: dict | None = None) -> None:
-    """Expert-normalised score, in place: (R - random) / (reference - random) in the same context, the reference being
-    reference[label] (--reference best: the best expert's return there) or else the context's own expert's return, and
-    written into each row; None where a context has neither, or reference and random tie."""
-    ret = {(r["method"], r["label"]): r["return_mean"] for r in rows}
-    for r in rows:
-        hi = (reference or {}).get(r["label"], ret.get(("expert", r["label"])))
-        if hi is None or ("random", r["label"]) not in ret:
-            continue
-        lo = ret[("random", r["label"])]
-        r["reference_return"] = hi
-        score = float((r["return_mean"] - lo) / (hi - lo)) if abs(hi - lo) > 1e-8 else None
-        r["normalized"] = 0.0 if r["method"] == "random" else score
-
-
-def top_k_success(per_policy: list[float], ks=(5, 10)) -> dict:
-    """Make-An-Agent's top-k: the mean success rate of the k best generated policies, each policy's rate taken over
-    all its episodes first. (The released code sorts the policy x episode successes and averages the top k, which
-    rewards one lucky episode of a poor policy.)"""
-    sr = sorted(per_policy, reverse=True)
-    return {f"top{k}_success": float(np.mean(sr[:k])) for k in ks}
-
-
-SPLITS = (("train", False), ("heldout", True), ("all", None))  # summary key prefix, the rows' heldout flag (None: any)
-
-
-def summarize(rows: list[dict], reps: int = 2000, seed: int = 0, resample_contexts: bool = True) -> list[dict]:
-    """Per method and split (train, heldout, all): how many runs and contexts, the mean return, and the mean and IQM
-    of the normalised score and of the success rate (where the task has one) over runs and contexts, each with its
-    95 % bootstrap interval (`{split}_normalized`, `_ci`, `_iqm`, `_iqm_ci`); `{split}_by_run` where the runs hold
-    out different contexts and the interval is over the runs' means (score_matrix)."""
-    out = []
-    for m in dict.fromkeys(r["method"] for r in rows):
-        s = {"method": m}
-        for name, flag in SPLITS:
-            rs = [r for r in rows if r["method"] == m and (flag is None or r["heldout"] is flag)]
-            s[f"{name}_runs"] = len({r.get("run") for r in rs})
-            s[f"{name}_contexts"] = len({r.get("label") for r in rs})
-            s[f"{name}_return"] = float(np.mean([r["return_mean"] for r in rs])) if rs else None
-            s[f"{name}_by_run"] = False
-            for key, metric in (("normalized", "normalized"), ("success_rate", "success")):
-                got = score_matrix(rs, key)
-                ci = bootstrap_ci(got[0], reps, seed=seed, resample_tasks=resample_contexts) if got else None
-                s[f"{name}_{metric}"] = ci["mean"] if ci else None
-                s[f"{name}_{metric}_ci"] = ci["mean_ci"] if ci else None
-                s[f"{name}_{metric}_iqm"] = ci["iqm"] if ci else None
-                s[f"{name}_{metric}_iqm_ci"] = ci["iqm_ci"] if ci else None
-                s[f"{name}_by_run"] |= bool(got and got[1])
-            for k in ("top5_success", "top10_success"):  # generated MetaWorld policies only
-                top = [r[k] for r in rs if k in r]
-                s[f"{name}_{k}"] = float(np.mean(top)) if top else None
-        out.append(s)
-    return out
-
-
-def format_table(summary: list[dict]) -> str:
-    """The summary as markdown: one row per method and split (training and held-out contexts; all contexts where
-    nothing was held out) with the mean and IQM and their 95 % intervals; MetaWorld adds a table of success."""
-    f = lambda x, p=".2f": "-" if x is None else format(x, p)  # noqa: E731
-    ci = lambda s, key: "-" if s[key] is None else f"{s[key]:.2f} [{s[key + '_ci'][0]:.2f}, {s[key + '_ci'][1]:.2f}]"  # noqa: E731
-    splits = [(n, t) for n, t in (("train", "train"), ("heldout", "held out")) if any(s[f"{n}_contexts"] for s in summary)]
-    splits = splits or [("all", "all")]
-    tables = [("normalized", "normalised score", "return")]
-    if any(s["all_success"] is not None for s in summary):
-        tables.append(("success", "success", "top-5 success (all) | top-10 success (all)"))
-    lines = []
-    for metric, title, last in tables:
-        lines += ["", f"| method | split | runs | contexts | {title}: mean [95% CI] | IQM [95% CI] | {last} |"]
-        lines.append("|---" * (7 + last.count("|")) + "|")
-        for s in summary:
-            for n, t in ((n, t) for n, t in splits if s[f"{n}_contexts"]):
-                extra = (
-                    f(s[f"{n}_return"], ".1f")
-                    if metric == "normalized"
-                    else f"{f(s['all_top5_success'])} | {f(s['all_top10_success'])}"
-                )
-                t += " *" if s[f"{n}_by_run"] else ""
-                lines.append(
-                    f"| {s['method']} | {t} | {s[f'{n}_runs']} | {s[f'{n}_contexts']} | {ci(s, f'{n}_{metric}')} | "
-                    f"{ci(s, f'{n}_{metric}_iqm')} | {extra} |"
-                )
-    if any(s[f"{n}_by_run"] for s in summary for n, _ in splits):
-        lines.append("* the runs hold out different contexts: the interval is over each run's mean")
-    return "\n".join(lines[1:])
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ Cheetah-Vel by the normalised return (0 random, 1 the best expert on that goal),
                       task the seen expert whose demonstration the run's behaviour embedding puts closest to the task's
 
 (a) is measured once; (b)-(d) per run (and MetaWorld's nearest expert, whose embedding is the run's), so their
-intervals are over runs and goals (95 % stratified bootstrap, evaluate.bootstrap_ci). MetaWorld's generators are
+intervals are over runs and goals (95 % stratified bootstrap, stats.bootstrap_ci). MetaWorld's generators are
 conditioned on each task's expert demonstration, as in evaluate.py, so every task needs its expert in --experts. The
 quickstart's files, 3 seeds:
 
@@ -43,6 +43,7 @@ import hypformer  # noqa: E402
 import hyplatent  # noqa: E402
 import policy  # noqa: E402
 import runio  # noqa: E402
+import stats  # noqa: E402
 import tasks  # noqa: E402
 
 
@@ -145,11 +146,9 @@ def main(args: Args) -> dict:
                     add(name, split, j, tasks.context_label(ctx), results(task, ctx, policy.pick(layers, i, args.samples), args))
     if behaviour:  # the seen expert nearest in the run's behaviour embedding (its normalised condition space)
         for j, (ck, m) in enumerate(zip(runs, models)):
-            c = hyplatent.conditions_of(ck, m, goals, demo)  # [G, c]
-            for i, ctx in zip(range(len(train), len(goals)), held):
-                near = labels[int(torch.cdist(c[i : i + 1], c[: len(train)]).argmin())]
-                r = results(task, ctx, policy.expert_layers(by_label[near]), args)
-                add("nearest expert", "held out", j, labels[i], r, expert=near)
+            for i, k in enumerate(hyplatent.nearest_seen(ck, m, demo[: len(train)], demo[len(train) :])):
+                r = results(task, held[i], policy.expert_layers(by_label[labels[k]]), args)
+                add("nearest expert", "held out", j, labels[len(train) + i], r, expert=labels[k])
     else:  # the expert of the nearest training goal, zero-shot (ties: their mean)
         pool = [e for e in experts if e["label"] in set(labels[: len(train)])]
         for ctx in held:
@@ -164,7 +163,7 @@ def main(args: Args) -> dict:
             rs = [r for r in rows if r["source"] == src and r["split"] == split]
             if rs:
                 cells = [{"method": src, "run": r["run"], "label": r["label"], "normalized": r["score"]} for r in rs]
-                ci = evaluate.bootstrap_ci(evaluate.score_matrix(cells, "normalized")[0], seed=args.seed)
+                ci = stats.bootstrap_ci(stats.score_matrix(cells, "normalized")[0], seed=args.seed)
                 n_runs, n_goals = len({r["run"] for r in rs}), len({r["label"] for r in rs})
                 table.append({"source": src, "split": split, "runs": n_runs, "goals": n_goals} | ci)
     what = "success" if behaviour else "normalised score"

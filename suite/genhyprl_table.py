@@ -23,8 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere: the stages are one level up
 
-import evaluate  # noqa: E402
 import runio  # noqa: E402
+import stats  # noqa: E402
 from runio import UserError  # noqa: E402
 
 GENERATORS = ("hyplatent", "hypformer")
@@ -64,10 +64,10 @@ def load_rows(d: Path) -> list[dict]:
 def cell(rows: list[dict], method: str, labels: set[str]) -> str:
     """mean success [95 % CI] | top-5 | top-10 of one generator over the given tasks, in %; '-' where none."""
     rs = [r for r in rows if r["method"] == method and r["label"] in labels]
-    got = evaluate.score_matrix(rs, "success_rate")
+    got = stats.score_matrix(rs, "success_rate")
     if not got:
         return "- | - | -"
-    ci = evaluate.bootstrap_ci(got[0])
+    ci = stats.bootstrap_ci(got[0])
     top = [f"{100 * np.mean([r[k] for r in rs]):.1f}" for k in ("top5_success", "top10_success")]
     return f"{100 * ci['mean']:.1f} [{100 * ci['mean_ci'][0]:.1f}, {100 * ci['mean_ci'][1]:.1f}] | {top[0]} | {top[1]}"
 

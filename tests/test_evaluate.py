@@ -16,6 +16,7 @@ import evaluate
 import hyperzero
 import policy
 import runio
+import stats
 import tasks
 from synthetic import write_linear_rollouts
 
@@ -95,7 +96,7 @@ def test_normalised_score_formula():
         {"method": m, "label": lab, "return_mean": R, "normalized": None}
         for m, lab, R in [("random", "g", -300.0), ("expert", "g", -50.0), ("hyperzero", "g", -100.0), ("hyperzero", "h", -1.0)]
     ]
-    evaluate.normalize(rows)
+    stats.normalize(rows)
     # negative returns: (R - random) / (expert - random), never R / expert; no expert for h, no score
     assert [r["normalized"] for r in rows] == [0.0, 1.0, pytest.approx(0.8), None]
 
@@ -103,12 +104,12 @@ def test_normalised_score_formula():
 def test_top_k_success_is_per_policy_not_per_episode():
     # 10 generated policies, each succeeding in 1 of 2 episodes, and one that always succeeds
     per_policy = [0.5] * 10 + [1.0]
-    top = evaluate.top_k_success(per_policy)
+    top = stats.top_k_success(per_policy)
     assert top == {"top5_success": pytest.approx(0.6), "top10_success": pytest.approx(0.55)}
     # the released code's shortcut (sort the 22 episode successes, average the top k) would give 1.0 for both
     episodes = sorted([1.0, 0.0] * 10 + [1.0, 1.0], reverse=True)
     assert np.mean(episodes[:5]) == np.mean(episodes[:10]) == 1.0
-    summary = evaluate.summarize(
+    summary = stats.summarize(
         [
             {"method": "hypformer", "heldout": False, "return_mean": 1.0, "normalized": None, "success_rate": 0.5, **top},
             {
@@ -123,7 +124,7 @@ def test_top_k_success_is_per_policy_not_per_episode():
         ]
     )[0]
     assert (summary["train_success"], summary["heldout_success"], summary["all_top5_success"]) == (0.5, 0.0, 0.3)
-    assert "top-5 success" in evaluate.format_table([summary])
+    assert "top-5 success" in stats.format_table([summary])
 
 
 def test_metaworld_plots_include_success(tmp_path):
@@ -194,17 +195,17 @@ def test_capture_video(tiny_experts, tmp_path):
 # Intervals: the bootstrap's known answers, runs x contexts, and a cross-check against rliable where it imports
 # ---------------------------------------------------------------------------------------------------------------------
 def test_iqm_known_answers():
-    assert evaluate.iqm(np.arange(1, 9)) == 4.5  # int(8/4) = 2 cut from each end: mean(3, 4, 5, 6)
-    assert evaluate.iqm(np.arange(1, 7)) == 3.5  # int(6/4) = 1 cut: mean(2, 3, 4, 5), as scipy.stats.trim_mean(x, 0.25)
-    assert evaluate.iqm(np.array([[8, 1, 7, 2, 6, 3, 5, 4]]), axis=-1).tolist() == [4.5]  # one IQM per replicate row
-    assert evaluate.iqm(np.array([[1.0, 100.0], [2.0, 3.0]])) == 2.5  # pools everything: mean(2, 3)
+    assert stats.iqm(np.arange(1, 9)) == 4.5  # int(8/4) = 2 cut from each end: mean(3, 4, 5, 6)
+    assert stats.iqm(np.arange(1, 7)) == 3.5  # int(6/4) = 1 cut: mean(2, 3, 4, 5), as scipy.stats.trim_mean(x, 0.25)
+    assert stats.iqm(np.array([[8, 1, 7, 2, 6, 3, 5, 4]]), axis=-1).tolist() == [4.5]  # one IQM per replicate row
+    assert stats.iqm(np.array([[1.0, 100.0], [2.0, 3.0]])) == 2.5  # pools everything: mean(2, 3)
 
 
 def test_bootstrap_constant_scores_and_one_run_one_context_give_zero_width():
-    ci = evaluate.bootstrap_ci(np.full((3, 4), 0.7), reps=200)
+    ci = stats.bootstrap_ci(np.full((3, 4), 0.7), reps=200)
     assert ci["mean_ci"] == pytest.approx([0.7, 0.7]) and ci["iqm_ci"] == pytest.approx([0.7, 0.7])
     assert (ci["runs"], ci["tasks"]) == (3, 4)
-    one = evaluate.bootstrap_ci(np.array([[0.3]]), reps=200)
+    one = stats.bootstrap_ci(np.array([[0.3]]), reps=200)
     assert one["mean"] == one["mean_ci"][0] == one["mean_ci"][1] == 0.3
 
 
@@ -212,7 +213,7 @@ def test_bootstrap_mean_interval_of_a_normal_sample():
     x = np.random.default_rng(0).normal(2.0, 3.0, 200)
     half = 1.96 * x.std() / np.sqrt(len(x))  # the normal approximation of the mean's 95 % interval
     for scores in (x[:, None], x[None, :]):  # 200 runs of one context, or one run of 200 contexts (resampled)
-        ci = evaluate.bootstrap_ci(scores, reps=20000, seed=1)
+        ci = stats.bootstrap_ci(scores, reps=20000, seed=1)
         lo, hi = ci["mean_ci"]
         assert lo < x.mean() < hi
         # each side on its own: a 96 % or an asymmetric interval moves one bound by >= 7 %
@@ -223,12 +224,12 @@ def test_bootstrap_mean_interval_of_a_normal_sample():
 def test_resampling_contexts_widens_or_equals():
     g = np.random.default_rng(2)
     scores = np.linspace(0.2, 1.0, 6)[None, :] + g.normal(0, 0.05, (5, 6))  # contexts differ far more than runs
-    within = evaluate.bootstrap_ci(scores, reps=2000, seed=0, resample_tasks=False)
-    both = evaluate.bootstrap_ci(scores, reps=2000, seed=0, resample_tasks=True)
+    within = stats.bootstrap_ci(scores, reps=2000, seed=0, resample_tasks=False)
+    both = stats.bootstrap_ci(scores, reps=2000, seed=0, resample_tasks=True)
     width = lambda ci, k: ci[k][1] - ci[k][0]  # noqa: E731
     assert width(both, "mean_ci") >= width(within, "mean_ci") and width(both, "iqm_ci") >= width(within, "iqm_ci")
     assert width(both, "mean_ci") > 3 * width(within, "mean_ci")
-    assert evaluate.bootstrap_ci(scores, seed=5) == evaluate.bootstrap_ci(scores, seed=5)  # seeded
+    assert stats.bootstrap_ci(scores, seed=5) == stats.bootstrap_ci(scores, seed=5)  # seeded
 
 
 def test_bootstrap_known_answers_from_rliable():
@@ -237,7 +238,7 @@ def test_bootstrap_known_answers_from_rliable():
     s = np.random.default_rng(3).normal(0.7, 0.2, (5, 4))
     rliable = {False: [0.5719, 0.7844, 0.5928, 0.7150], True: [0.5651, 0.7967, 0.5796, 0.7519]}
     for task_bootstrap, want in rliable.items():
-        ours = evaluate.bootstrap_ci(s, reps=50000, seed=0, resample_tasks=task_bootstrap)
+        ours = stats.bootstrap_ci(s, reps=50000, seed=0, resample_tasks=task_bootstrap)
         np.testing.assert_allclose(ours["mean_ci"] + ours["iqm_ci"], want, atol=0.004)
 
 
@@ -251,7 +252,7 @@ def test_bootstrap_matches_rliable():
     agg = lambda x: np.array([metrics.aggregate_mean(x), metrics.aggregate_iqm(x)])  # noqa: E731
     for task_bootstrap in (False, True):
         est, cis = rly.get_interval_estimates({"m": s}, agg, reps=20000, task_bootstrap=task_bootstrap)
-        ours = evaluate.bootstrap_ci(s, reps=20000, resample_tasks=task_bootstrap)
+        ours = stats.bootstrap_ci(s, reps=20000, resample_tasks=task_bootstrap)
         assert est["m"] == pytest.approx([ours["mean"], ours["iqm"]])
         np.testing.assert_allclose(np.asarray(cis["m"]).T.ravel(), ours["mean_ci"] + ours["iqm_ci"], atol=0.005)
 
@@ -267,17 +268,15 @@ def score_rows(method, runs, heldout_of, value):
 def test_summary_aggregates_runs_within_contexts():
     rows = score_rows("hz", ["a", "b", "c"], lambda run, c: c == 3, lambda run, c: 0.1 * c + {"a": 0, "b": 0.02, "c": 0.04}[run])
     rows += score_rows("random", [None], lambda run, c: c == 3, lambda run, c: 0.0)
-    (hz, rnd) = evaluate.summarize(rows, reps=500, seed=1)
+    (hz, rnd) = stats.summarize(rows, reps=500, seed=1)
     assert (hz["train_runs"], hz["train_contexts"], hz["heldout_runs"], hz["heldout_contexts"]) == (3, 3, 3, 1)
     train = np.array([[0.1 * c + d for c in range(3)] for d in (0, 0.02, 0.04)])
-    assert hz["train_normalized"] == pytest.approx(train.mean()) and hz["train_normalized_iqm"] == pytest.approx(
-        evaluate.iqm(train)
-    )
+    assert hz["train_normalized"] == pytest.approx(train.mean()) and hz["train_normalized_iqm"] == pytest.approx(stats.iqm(train))
     lo, hi = hz["heldout_normalized_ci"]  # one held-out context: only its 3 runs (0.30, 0.32, 0.34) are resampled
     assert hz["heldout_normalized"] == pytest.approx(0.32) and 0.30 - 1e-9 <= lo < 0.32 < hi <= 0.34 + 1e-9
     assert hz["all_return"] == pytest.approx(-1.5) and hz["train_success"] is None and not hz["heldout_by_run"]
     assert rnd["heldout_normalized_ci"] == [0.0, 0.0] and rnd["train_runs"] == 1
-    table = evaluate.format_table([hz, rnd])
+    table = stats.format_table([hz, rnd])
     assert (
         f"| hz | held out | 3 | 1 | 0.32 [{lo:.2f}, {hi:.2f}] |" in table
         and "| random | train | 1 | 3 | 0.00 [0.00, 0.00] |" in table
@@ -287,10 +286,10 @@ def test_summary_aggregates_runs_within_contexts():
 
 def test_runs_holding_out_different_contexts_are_summarised_by_their_means():
     rows = score_rows("hz", ["a", "b"], lambda run, c: c == {"a": 0, "b": 3}[run], lambda run, c: {"a": 0.2, "b": 0.6}[run])
-    (hz,) = evaluate.summarize(rows, reps=500)
+    (hz,) = stats.summarize(rows, reps=500)
     assert hz["heldout_by_run"] and hz["heldout_contexts"] == 2 and hz["heldout_normalized"] == pytest.approx(0.4)
-    assert evaluate.score_matrix([r for r in rows if r["heldout"]], "normalized")[0].shape == (2, 1)
-    assert "held out * |" in evaluate.format_table([hz]) and "over each run's mean" in evaluate.format_table([hz])
+    assert stats.score_matrix([r for r in rows if r["heldout"]], "normalized")[0].shape == (2, 1)
+    assert "held out * |" in stats.format_table([hz]) and "over each run's mean" in stats.format_table([hz])
 
 
 def test_save_figure_is_atomic(tmp_path):

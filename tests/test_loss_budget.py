@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import evaluate
 import hypformer
 import hyplatent
 import policy
@@ -55,6 +56,12 @@ def test_metaworld_budget_scores_success_and_the_nearest_seen_expert_in_the_runs
         "metaworld", experts[2]["context"], policy.expert_layers(experts[SEEN.index(near["expert"])]), 1, 1
     )
     assert near["score"] == want["success_rate"] and near["run"] == 0
+    # evaluate.py's nearest-expert row is the same yardstick: one per HypLatent run (none from HypFormer), unseen only
+    ev = evaluate.main(evaluate.Args(experts=tuple(files), policies=args.hyplatent + args.hypformer, episodes=1, samples=2,
+                                     seed=1, out_dir=str(tmp_path / "ev")))  # fmt: skip
+    (row,) = [r for r in ev["rows"] if r["method"] == "nearest-expert"]
+    assert (row["label"], row["run"], row["neighbours"], row["heldout"]) == (UNSEEN, args.hyplatent[0], [near["expert"]], True)
+    assert row["success_rate"] == want["success_rate"] and row["return_mean"] == pytest.approx(want["return_mean"])
     # an unseen task without its expert (whose demonstration conditions the generators) is refused before any rollout
     with pytest.raises(UserError, match="no expert of button-press-wall-v3 in --experts"):
         loss_budget.main(loss_budget.Args(experts=tuple(files[:2]), hyplatent=args.hyplatent, heldout=(UNSEEN,)))

@@ -11,6 +11,7 @@ import pytest
 import evaluate
 import policy  # noqa: E402
 import runio  # noqa: E402
+import stats
 import tasks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,7 +95,7 @@ def fake_eval(d: Path, scores: dict, expert=(500.0, 400.0, 300.0), rnd=100.0, re
         r["success_rate"], r["reference_return"] = None, reference["abc".index(r["label"])]
     (d / "eval").mkdir(parents=True)
     (d / "eval" / "results.json").write_text(json.dumps(rows))
-    (d / "eval" / "summary.json").write_text(json.dumps({"summary": evaluate.summarize(rows, reps=200)}))
+    (d / "eval" / "summary.json").write_text(json.dumps({"summary": stats.summarize(rows, reps=200)}))
 
 
 def test_table_reads_every_evaluated_family(tmp_path):
