@@ -299,6 +299,14 @@ def demo_conditions(task, contexts, by_label, seed, device) -> torch.Tensor:
     return torch.as_tensor(np.stack(feats))
 
 
+def nearest_seen(ckpt: dict, models: dict, seen_demo, demo) -> list[int]:
+    """Per row of demo [K, traj_dim], the index of the seen task (rows of seen_demo [S, traj_dim]) whose demonstration
+    this run's behaviour embedding puts closest (its normalised condition space): the seen expert that is the
+    zero-shot yardstick of an unseen MetaWorld task."""
+    c = hyplatent.conditions_of(ckpt, models, [None] * (len(seen_demo) + len(demo)), torch.cat([seen_demo, demo]))  # [S + K, c]
+    return torch.cdist(c[len(seen_demo) :], c[: len(seen_demo)]).argmin(1).tolist()
+
+
 def expert_transitions(task, expert, n, seed, device) -> dict:
     """The first n transitions of the context's expert, rolled out deterministically with reset seeds seed + 50_000 + e,
     apart from the evaluation episodes' seed + e: the few-shot data of maml-adapted / pearl-adapted."""
@@ -427,7 +435,7 @@ def main(args: Args) -> dict:
             # MetaWorld's yardstick, one row per HypLatent run: the seen expert whose demonstration this run's
             # behaviour embedding puts closest to the unseen task's, zero-shot (its rollouts are in cross already)
             seen_demo = demo_conditions(task, seen, by_label, args.seed, device)
-            near = hyplatent.nearest_seen(ck, hyplatent.build_models(ck, device), seen_demo, conditions)
+            near = nearest_seen(ck, hyplatent.build_models(ck, device), seen_demo, conditions)
             for ctx, lab, k in zip(contexts, labels, near):
                 if lab not in train:
                     got = tasks.context_label(seen[k])

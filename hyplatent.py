@@ -430,14 +430,6 @@ def conditions_of(ckpt: dict, models: dict, contexts: list, conditions=None, dev
     return normalize(models["embed"].phi(normalize(traj, ckpt["traj_norm"])), ckpt["cond_norm"])
 
 
-def nearest_seen(ckpt: dict, models: dict, seen_demo, demo) -> list[int]:
-    """Per row of demo [K, traj_dim], the index of the seen task (rows of seen_demo [S, traj_dim]) whose demonstration
-    this run's behaviour embedding puts closest (its normalised condition space): the seen expert that is the
-    zero-shot yardstick of an unseen MetaWorld task."""
-    c = conditions_of(ckpt, models, [None] * (len(seen_demo) + len(demo)), torch.cat([seen_demo, demo]))  # [S + K, c]
-    return torch.cdist(c[len(seen_demo) :], c[: len(seen_demo)]).argmin(1).tolist()
-
-
 @torch.no_grad()
 def encode_dataset(ckpt: dict, models: dict, data: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Every sample of the data -> (normalised latent [M, T*d] as the decoder sees it, normalised condition [M, c])."""

@@ -146,7 +146,7 @@ def main(args: Args) -> dict:
                     add(name, split, j, tasks.context_label(ctx), results(task, ctx, policy.pick(layers, i, args.samples), args))
     if behaviour:  # the seen expert nearest in the run's behaviour embedding (its normalised condition space)
         for j, (ck, m) in enumerate(zip(runs, models)):
-            for i, k in enumerate(hyplatent.nearest_seen(ck, m, demo[: len(train)], demo[len(train) :])):
+            for i, k in enumerate(evaluate.nearest_seen(ck, m, demo[: len(train)], demo[len(train) :])):
                 r = results(task, held[i], policy.expert_layers(by_label[labels[k]]), args)
                 add("nearest expert", "held out", j, labels[len(train) + i], r, expert=labels[k])
     else:  # the expert of the nearest training goal, zero-shot (ties: their mean)
