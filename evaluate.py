@@ -18,7 +18,8 @@ bootstrap intervals (Agarwal et al. 2021, "Deep RL at the edge of the statistica
 
 Rows beside the methods: random (score 0), expert (the context's own), and nearest-expert: the expert of the closest
 training context used zero-shot (ties: their mean), the yardstick a method must beat to show transfer (MetaWorld: per
-HypLatent run, the seen expert whose demonstration the run's behaviour embedding puts closest to the unseen task's). Score 1 is the
+HypLatent run, the seen expert whose demonstration the run's behaviour embedding puts closest to the unseen task's);
+with --best-snapshot, best-snapshot: the best of an expert's snapshots on its context, the best policy the data hold. Score 1 is the
 best return any expert achieves on the context (--reference best). Writes results.json / .csv (one row per method, run
 and context), summary.json, returns.png, normalized.png, heatmap.png (two context variables varied), success.png
 (MetaWorld), videos/ with --capture-video. Walk-through: docs/evaluate.md.
@@ -87,6 +88,9 @@ class Args:
     'own', the context's own expert"""
     samples: int = 4
     """generated policies per context for the generative methods (hyplatent, hypformer)"""
+    best_snapshot: int = 0
+    """add a 'best-snapshot' row: this many evenly spaced snapshots of each expert (td3.py --snapshot-interval, the
+    generators' data) on its own context, the best kept: the best policy those data hold (0: no such row)"""
     adapt_transitions: int = 200
     """maml, pearl: also evaluate them adapted on this many expert transitions of each context (rows '<method>-adapted';
     NOT zero-shot); 0: zero-shot rows only"""
@@ -355,7 +359,7 @@ def write_results(rows: list[dict], task: str, args: Args, out: Path) -> tuple[l
 def main(args: Args) -> dict:
     # every flag and input file checked, and --out-dir prepared, before any rollout
     positive = ("episodes", "samples", "bootstrap_reps")
-    runio.check_flags(args, positive, nonnegative=("seed", "torch_threads", "adapt_transitions"))
+    runio.check_flags(args, positive, nonnegative=("seed", "torch_threads", "adapt_transitions", "best_snapshot"))
     if args.adapt_steps < -1:
         raise UserError(f"--adapt-steps must be >= 0, or -1 for the checkpoint's --inner-steps; got {args.adapt_steps}")
     torch.manual_seed(args.seed)
@@ -379,6 +383,7 @@ def main(args: Args) -> dict:
         ]
         contexts = list({tasks.context_label(c): c for c in pool}.values())
     labels = [tasks.context_label(c) for c in contexts]
+    snaps = collect.load_snapshots(experts, collect.expert_dirs(args.experts, experts)) if args.best_snapshot else None
     out = runio.prepare_out_dir(args.out_dir, OUTPUTS, overwrite=args.overwrite)
 
     rows, t0 = [], time.time()
@@ -414,6 +419,16 @@ def main(args: Args) -> dict:
         if near := policy.nearest_experts(task, ctx, pool) if task != "metaworld" else []:
             res = {k: float(np.mean([cross[n, lab][k] for n in near])) for k in ("return_mean", "return_std")}
             add("nearest-expert", None, ctx, res | {"success_rate": None}, heldout_of(lab), extra={"neighbours": near})
+
+    for e, (flat, steps) in zip(experts, snaps or []):
+        if e["label"] in labels and len(flat):  # the best snapshot: success first (MetaWorld), then return
+            at = np.unique(np.linspace(0, len(flat) - 1, args.best_snapshot).round().astype(int))
+            sizes = policy.layer_sizes(e["obs_dim"], e["hidden"], e["act_dim"])
+            got = policy.evaluate_each(
+                task, e["context"], policy.unflatten_layers(torch.from_numpy(flat[at]), sizes), args.episodes, args.seed
+            )
+            j = max(range(len(at)), key=lambda j: (got[j]["success_rate"] or 0, got[j]["return_mean"]))
+            add("best-snapshot", None, e["context"], got[j], heldout_of(e["label"]), extra={"snapshot_step": steps[at[j]]})
 
     methods = [method_of(ck, mod) for _, ck, mod in sources]
     for j, (run, ck, mod) in enumerate(sources):

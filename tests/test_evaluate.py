@@ -3,6 +3,7 @@
 import ctypes.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +71,32 @@ def test_best_expert_reference_and_the_nearest_expert_row(tiny_experts, tmp_path
     alone = evaluate.Args(policies=(str(tmp_path / "h"),), contexts=("2",), episodes=1, out_dir=str(tmp_path / "ev2"))
     rows = evaluate.main(alone)["rows"]
     assert [r["method"] for r in rows] == ["random", "hyperzero"] and all(r["normalized"] is None for r in rows)
+
+
+def test_best_snapshot_row_is_the_best_of_the_evenly_spaced_snapshots(tiny_experts, tmp_path):
+    """--best-snapshot N: N evenly spaced snapshots of each expert on its own context, the best one kept as a row."""
+    rows = evaluate.main(evaluate.Args(experts=(str(tiny_experts),), best_snapshot=2, episodes=1, out_dir=str(tmp_path / "ev")))[
+        "rows"
+    ]
+    sizes = lambda e: policy.layer_sizes(e["obs_dim"], e["hidden"], e["act_dim"])  # noqa: E731
+    steps = np.load(tiny_experts / "snapshot_steps.npy").tolist()
+    for e in policy.load_experts(tiny_experts):
+        flat = torch.from_numpy(np.load(tiny_experts / f"snapshots_{e['label']}.npy")[[0, -1]])  # 2 of 3: first and last
+        got = [
+            r["return_mean"]
+            for r in policy.evaluate_each("cheetah-vel", e["context"], policy.unflatten_layers(flat, sizes(e)), 1, 1)
+        ]
+        (row,) = [r for r in rows if r["method"] == "best-snapshot" and r["label"] == e["label"]]
+        assert (
+            row["return_mean"] == pytest.approx(max(got)) and row["snapshot_step"] == [steps[0], steps[-1]][int(np.argmax(got))]
+        )
+    # a damaged snapshot file is refused before --out-dir is touched
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_experts, bad)
+    np.save(bad / "snapshots_goal_0.5.npy", np.zeros((3, 7), np.float32))
+    with pytest.raises(runio.UserError, match="snapshots_goal_0.5.npy has shape"):
+        evaluate.main(evaluate.Args(experts=(str(bad),), best_snapshot=2, episodes=1, out_dir=str(tmp_path / "ev2")))
+    assert not (tmp_path / "ev2").exists()
 
 
 def test_nearest_context_known_answers():
