@@ -9,6 +9,7 @@
 #   bash suite/genhyprl.sh generators       rollouts, HypLatent + HypFormer x SEEDS, evaluate.py on all 16 tasks
 #   bash suite/genhyprl.sh --list           prints seen|<tasks> and unseen|<tasks>
 #   bash suite/genhyprl.sh --experts        prints the expert file of each task that the generators stage uses
+#                                           (unseen tasks not trained here: the committed experts/metaworld ones)
 #
 #   OUT=runs/genhyprl   everything goes here: OUT/{experts_seen,experts_unseen,experts_retry_I,rollouts,<model>_s<seed>,eval}
 #   STEPS=100000        expert steps per task;  SEEDS="1 2 3" generator seeds;  SAMPLES=20 generated policies per task
@@ -35,9 +36,11 @@ failed() { $PY -c "import sys, policy; print(*[e['label'] for e in policy.load_e
 train() { d=$1; shift; again=--overwrite; [ -f "$d/checkpoint.pt" ] && again=--resume
   stage td3.py --task metaworld "$@" --learning-starts 5000 $RECIPE --checkpoint-interval 20000 --log-interval 5000 \
     --out-dir "$d" $again; }
-# The expert file of each of the 16 tasks: a retry's where one was trained, else the first run's.
+# The expert file of each of the 16 tasks: a retry's where one was trained, else the first run's; an unseen task, which
+# gives the generators no data, only its demonstration, falls back to the committed expert (experts/metaworld).
 experts() { for t in $SEEN $UNSEEN; do
-  for f in "$OUT"/experts_retry_*/expert_$t.pt "$OUT"/experts_{seen,unseen}/expert_$t.pt ""; do [ -f "$f" ] && break; done
+  c=""; [[ " $UNSEEN " == *" $t "* ]] && c=experts/metaworld/expert_$t.pt
+  for f in "$OUT"/experts_retry_*/expert_$t.pt "$OUT"/experts_{seen,unseen}/expert_$t.pt $c ""; do [ -f "$f" ] && break; done
   [ -n "$f" ] || { echo "no expert of $t in $OUT/experts_{seen,unseen,retry_*}: run the experts stages first" >&2; exit 2; }
   echo "$f"; done; }
 

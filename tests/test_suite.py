@@ -182,7 +182,7 @@ def test_genhyprl_table_splits_seen_unseen_and_failed_experts(tmp_path):
             genhyprl_table.main(genhyprl_table.Args(eval=str(tmp_path)))
 
 
-def test_genhyprl_generators_take_a_retry_expert_where_one_exists_and_refuse_a_task_with_none(tmp_path):
+def test_genhyprl_generators_take_a_retry_expert_where_one_exists_and_refuse_a_seen_task_with_none(tmp_path):
     seen, unseen = genhyprl_split()
     for d, names in (("experts_seen", seen), ("experts_unseen", unseen), ("experts_retry_1", [seen[2], unseen[5]])):
         (tmp_path / d).mkdir()
@@ -197,10 +197,13 @@ def test_genhyprl_generators_take_a_retry_expert_where_one_exists_and_refuse_a_t
         "experts_retry_1" if t in (seen[2], unseen[5]) else "experts_seen" if t in seen else "experts_unseen"
         for t in seen + unseen
     ]
-    (tmp_path / "experts_unseen" / f"expert_{unseen[0]}.pt").unlink()  # a task with no expert: refused, by name
+    (tmp_path / "experts_unseen" / f"expert_{unseen[0]}.pt").unlink()  # an unseen task gives no data, only its demo:
+    out = subprocess.run(["bash", "suite/genhyprl.sh", "--experts"], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert out.stdout.split()[len(seen)] == f"experts/metaworld/expert_{unseen[0]}.pt"  # the committed expert
+    (tmp_path / "experts_seen" / f"expert_{seen[0]}.pt").unlink()  # a seen task with no expert (no data): refused, by name
     for stage in (["--experts"], ["generators"]):
         out = subprocess.run(["bash", "suite/genhyprl.sh", *stage], cwd=ROOT, capture_output=True, text=True, env=env)
-        assert out.returncode == 2 and f"no expert of {unseen[0]}" in out.stderr, stage
+        assert out.returncode == 2 and f"no expert of {seen[0]}" in out.stderr, stage
     assert not (tmp_path / "rollouts").exists()
 
 
