@@ -19,10 +19,10 @@ bootstrap intervals (Agarwal et al. 2021, "Deep RL at the edge of the statistica
 Rows beside the methods: random (score 0), expert (the context's own), and nearest-expert: the expert of the closest
 training context used zero-shot (ties: their mean), the yardstick a method must beat to show transfer (MetaWorld: per
 HypLatent run, the seen expert whose demonstration the run's behaviour embedding puts closest to the unseen task's);
-with --best-snapshot, best-snapshot: the best of an expert's snapshots on its context, the best policy the data hold. Score 1 is the
-best return any expert achieves on the context (--reference best). Writes results.json / .csv (one row per method, run
-and context), summary.json, returns.png, normalized.png, heatmap.png (two context variables varied), success.png
-(MetaWorld), videos/ with --capture-video. Walk-through: docs/evaluate.md.
+with --best-snapshot, best-snapshot: the best of an expert's snapshots on its context, the best policy the data hold.
+Score 1 is the best return any expert achieves on the context (--reference best). Writes results.json / .csv (one row
+per method, run and context), summary.json, returns.png, normalized.png, heatmap.png (two context variables varied),
+success.png (MetaWorld), videos/ with --capture-video. Walk-through: docs/evaluate.md.
 """
 
 from __future__ import annotations
