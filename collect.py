@@ -151,6 +151,11 @@ def behaviour_features(states: np.ndarray, actions: np.ndarray, success_step: in
     return traj, states[idx].reshape(-1)
 
 
+def evenly_spaced(n: int, k: int) -> np.ndarray:
+    """Indices of k of n snapshots, evenly spaced over training, first and last included (all n where k is 0 or >= n)."""
+    return np.arange(n) if k == 0 or k >= n else np.unique(np.linspace(0, n - 1, k).round().astype(int))
+
+
 def load_snapshots(experts: list[dict], dirs: list[Path]) -> list | None:
     """Per expert, (flat actors [N, P] float32, their steps [N]) from snapshots_<label>.npy and snapshot_steps.npy in
     the expert's own directory (N = 0 where it has none); None when no expert has any. Checked against the expert's

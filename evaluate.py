@@ -290,17 +290,20 @@ def heatmap(rows: list[dict], var: list[str], out: Path) -> bool:
     return True
 
 
-def demo_conditions(task, contexts, by_label, seed, device) -> torch.Tensor:
+def demo_conditions(task, contexts, by_label, seed, device, cache: dict | None = None) -> torch.Tensor:
     """Behaviour-conditioned generators (MetaWorld) are conditioned on one demonstration of the task: the
-    Make-An-Agent trajectory feature of its expert's deterministic episode. So a task needs its expert."""
-    feats = []
+    Make-An-Agent trajectory feature of its expert's deterministic episode. So a task needs its expert. cache
+    (label -> feature) keeps each task's episode for the next call: the same expert and seed give the same one."""
+    cache = {} if cache is None else cache
     for ctx in contexts:
         lab = tasks.context_label(ctx)
         if lab not in by_label:
             raise UserError(f"context {lab}: a behaviour-conditioned generator needs that task's expert (its demo) in --experts")
-        ep = collect.rollout(tasks.make_env(task, ctx, seed), policy.expert_layers(by_label[lab], device=device), seed, device)
-        feats.append(collect.behaviour_features(ep["states"], ep["actions"], ep["success_step"])[0])
-    return torch.as_tensor(np.stack(feats))
+        if lab not in cache:
+            layers = policy.expert_layers(by_label[lab], device=device)
+            ep = collect.rollout(tasks.make_env(task, ctx, seed), layers, seed, device)
+            cache[lab] = collect.behaviour_features(ep["states"], ep["actions"], ep["success_step"])[0]
+    return torch.as_tensor(np.stack([cache[tasks.context_label(c)] for c in contexts]))
 
 
 def nearest_seen(ckpt: dict, models: dict, seen_demo, demo) -> list[int]:
@@ -422,7 +425,7 @@ def main(args: Args) -> dict:
 
     for e, (flat, steps) in zip(experts, snaps or []):
         if e["label"] in labels and len(flat):  # the best snapshot: success first (MetaWorld), then return
-            at = np.unique(np.linspace(0, len(flat) - 1, args.best_snapshot).round().astype(int))
+            at = collect.evenly_spaced(len(flat), args.best_snapshot)
             sizes = policy.layer_sizes(e["obs_dim"], e["hidden"], e["act_dim"])
             got = policy.evaluate_each(
                 task, e["context"], policy.unflatten_layers(torch.from_numpy(flat[at]), sizes), args.episodes, args.seed
@@ -431,6 +434,7 @@ def main(args: Args) -> dict:
             add("best-snapshot", None, e["context"], got[j], heldout_of(e["label"]), extra={"snapshot_step": steps[at[j]]})
 
     methods = [method_of(ck, mod) for _, ck, mod in sources]
+    demos = {}  # label -> its expert demonstration's feature, rolled out once for every behaviour-conditioned run
     for j, (run, ck, mod) in enumerate(sources):
         method = methods[j]
         if args.capture_video:  # one GIF per method and context; runs numbered where a method has several
@@ -440,16 +444,13 @@ def main(args: Args) -> dict:
         train = {tasks.context_label(c) for c in ck["split"]["train"]}
         # zero-shot: --samples policies per context from a generative source, one from a deterministic source;
         # a behaviour-conditioned generator (MetaWorld) is conditioned on the task's expert demonstration
-        conditions = demo_conditions(task, contexts, by_label, args.seed, device) if ck.get("condition") == "behaviour" else None
+        behaviour = ck.get("condition") == "behaviour"
+        conditions = demo_conditions(task, contexts, by_label, args.seed, device, demos) if behaviour else None
         layers = mod.generate_policies(ck, contexts, n=args.samples, seed=args.seed, device=device, conditions=conditions)
-        if (
-            conditions is not None
-            and mod is hyplatent
-            and (seen := [c for c in ck["split"]["train"] if tasks.context_label(c) in by_label])
-        ):
+        if behaviour and mod is hyplatent and (seen := [c for c in ck["split"]["train"] if tasks.context_label(c) in by_label]):
             # MetaWorld's yardstick, one row per HypLatent run: the seen expert whose demonstration this run's
             # behaviour embedding puts closest to the unseen task's, zero-shot (its rollouts are in cross already)
-            seen_demo = demo_conditions(task, seen, by_label, args.seed, device)
+            seen_demo = demo_conditions(task, seen, by_label, args.seed, device, demos)
             near = nearest_seen(ck, hyplatent.build_models(ck, device), seen_demo, conditions)
             for ctx, lab, k in zip(contexts, labels, near):
                 if lab not in train:

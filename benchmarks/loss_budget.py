@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import collect  # noqa: E402
 import evaluate  # noqa: E402
 import hypformer  # noqa: E402
 import hyplatent  # noqa: E402
@@ -127,8 +128,7 @@ def main(args: Args) -> dict:
 
     for ctx, lab in zip(train, labels):
         snaps = data["params"][data["context_id"] == in_data.index(lab)]  # [N, P] this goal's behaviour policies
-        if args.snapshots and len(snaps) > args.snapshots:  # evenly spaced over training
-            snaps = snaps[np.unique(np.linspace(0, len(snaps) - 1, args.snapshots).round().astype(int))]
+        snaps = snaps[collect.evenly_spaced(len(snaps), args.snapshots)]  # evenly spaced over training
         add("(a) data", "train", None, lab, results(task, ctx, policy.unflatten_layers(snaps, sizes), args))
         rows.append(rows[-1] | {"source": "(a) best snapshot", "score": rows[-1]["best"]})
         for j, (ck, m) in enumerate(zip(runs, models)):

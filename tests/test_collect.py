@@ -357,3 +357,9 @@ def test_out_dir_a_file_or_holding_an_earlier_run(rollouts, tiny_experts, tmp_pa
 def test_cli_bad_flag_one_line_exit_2(tiny_experts, tmp_path, flags, msg, refused):
     assert refused("collect.py", "--experts", tiny_experts, "--out-dir", tmp_path / "o", *flags).startswith(msg)
     assert not (tmp_path / "o").exists()
+
+
+def test_evenly_spaced_snapshots_known_answers():
+    assert collect.evenly_spaced(301, 4).tolist() == [0, 100, 200, 300]  # first and last included
+    assert collect.evenly_spaced(3, 2).tolist() == [0, 2]
+    assert collect.evenly_spaced(5, 0).tolist() == collect.evenly_spaced(5, 9).tolist() == [0, 1, 2, 3, 4]  # all
