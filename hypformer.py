@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import collect
 import hyplatent
 from policy import unflatten_layers
 from runio import Tracker, UserError, atomic_save, check_flags, cli, finish_out_dir, prepare_out_dir, resolve_device, safe_load
@@ -192,7 +193,7 @@ def main(args: Args) -> dict:
     data_dir = args.data or hl["data_dir"]  # the behaviour data HypLatent was trained on, unless --data says otherwise
     if not Path(data_dir).exists():
         raise UserError(f"behaviour data {data_dir} not found; pass --data (collect.py's rollouts directory)")
-    data = hyplatent.load_data(data_dir)
+    data = collect.load_behaviour(data_dir)
     if (data["task"], data["policy_sizes"], data["context_names"]) != (hl["task"], hl["policy_sizes"], hl["context_names"]):
         got, want = ((d["task"], d["policy_sizes"], d["context_names"]) for d in (data, hl))
         raise UserError(

@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import runio
-from collect import load_array, read_manifest
+from collect import load_behaviour
 from policy import n_params, unflatten_layers
 from runio import UserError
 from tasks import TASKS, context_label, parse_contexts
@@ -110,45 +110,7 @@ class Args:
     """Weights & Biases entity (team or user; with --track)"""
 
 
-# Data: collect.py's behaviour arrays (layout in its docstring) and normalisers {shift, scale}: x_n = (x - shift) / scale
-def load_data(path) -> dict:
-    """ROLLOUTS/manifest.json + ROLLOUTS/behaviour/*.npy -> dict of tensors. Every file is checked for what this stage
-    needs (keys, dtypes, shapes, finite values, against each other): what is wrong is one UserError naming the file."""
-    root = Path(path)
-    root = root.parent if root.is_file() else root
-    bdir = root / "behaviour"
-    if not (root / "manifest.json").is_file() or not (bdir / "manifest.json").is_file():
-        raise UserError(f"no behaviour data at {root} (expected manifest.json and behaviour/ written by collect.py)")
-    mf, bmf = root / "manifest.json", bdir / "manifest.json"
-    man = read_manifest(mf, {"task": str, "context_names": list, "contexts": list, "obs_dim": int, "act_dim": int})
-    sizes = read_manifest(bmf, {"policy_sizes": list})["policy_sizes"]
-    task, names, contexts, s, a = man["task"], man["context_names"], man["contexts"], man["obs_dim"], man["act_dim"]
-    if task not in TASKS:
-        raise UserError(f"{mf}: unknown task {task!r}; collect.py writes one of {', '.join(TASKS)}")
-    if not contexts or not all(isinstance(c, dict) for c in contexts):
-        raise UserError(f"{mf}: 'contexts' must be a non-empty list of context objects (name: value)")
-    if any(n not in TASKS[task]["vars"] for n in names):
-        raise UserError(f"{mf}: context_names {names} are not variables of {task} ({', '.join(TASKS[task]['vars'])})")
-    if len(sizes) < 2 or not all(type(n) is int and n > 0 for n in sizes) or (sizes[0], sizes[-1]) != (s, a):
-        raise UserError(f"{bmf}: policy_sizes {sizes} must be positive layer sizes from obs_dim {s} to act_dim {a}")
-    kinds = {"params": "f", "param_context_id": "iu", "param_context": "f", "traj": "f", "post_success": "f"}  # float, int
-    arr = {f: load_array(bdir / f"{f}.npy", kind, ndim=1 if kind == "iu" else 2) for f, kind in kinds.items()}
-    m = len(arr["params"])
-    shapes = {"params": (m, n_params(sizes)), "param_context_id": (m,), "param_context": (m, len(names))}
-    shapes |= {"traj": (m, 20 * (s + 3 * a)), "post_success": (m, 3 * s)}
-    for f, shape in shapes.items():
-        if arr[f].shape != shape:
-            why = f"{m} rows as params.npy" if len(arr[f]) != m else f"obs_dim {s}, act_dim {a}, policy sizes {sizes}"
-            raise UserError(f"{bdir / f}.npy has shape {arr[f].shape}; expected {shape} ({why})")
-    ids = torch.from_numpy(arr["param_context_id"].astype(np.int64))
-    if m == 0 or ids.min() < 0 or ids.max() >= len(contexts):
-        raise UserError(f"{bdir}/param_context_id.npy must index the {len(contexts)} contexts of {mf} (and M > 0)")
-    arr = {f: torch.from_numpy(v) for f, v in arr.items()}
-    out = {"task": task, "context_names": list(names), "contexts": contexts, "context_id": ids}
-    out.update(obs_dim=s, act_dim=a, policy_sizes=sizes, params=arr["params"].float(), traj=arr["traj"].float())
-    return {**out, "context": arr["param_context"].float().reshape(m, -1), "post": arr["post_success"].float()}
-
-
+# Normalisers {shift, scale}: x_n = (x - shift) / scale
 def zscore(x):  # per feature; the floor keeps features that never move finite
     return {"shift": x.mean(0), "scale": x.std(0, unbiased=False).clamp_min(1e-6)}
 
@@ -473,7 +435,7 @@ def plot_latent_pca(ckpt: dict, data_dir, path, per_context: int = 200) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    data, models = load_data(data_dir), build_models(ckpt)
+    data, models = load_behaviour(data_dir), build_models(ckpt)
     Z, C = encode_dataset(ckpt, models, data)
     mean = Z.mean(0)
     V = torch.linalg.svd(Z - mean, full_matrices=False)[2][:2]  # [2, D] principal directions
@@ -511,7 +473,7 @@ def main(args: Args) -> dict:
     if args.condition not in ("auto", "context", "behaviour"):
         raise UserError(f"--condition must be auto, context or behaviour, not '{args.condition}'")
     dev = runio.resolve_device(args.device)
-    data = load_data(args.data)
+    data = load_behaviour(args.data)
     labels = [context_label(c) for c in data["contexts"]]
     kind = args.condition if args.condition != "auto" else ("context" if data["context_names"] else "behaviour")
     if kind == "context" and not data["context_names"]:

@@ -200,6 +200,19 @@ def load_experts(paths) -> list[dict]:
     return sorted(experts, key=lambda e: f"expert_{e['label']}.pt")
 
 
+def load_start(f, task: str, hidden, layer_norm: bool) -> dict:
+    """td3.py --init-from: one expert file whose actor and critics fit a run of this task, hidden sizes and critic
+    layer norm (the run copies its tensors into every context's networks)."""
+    if not Path(f).is_file():
+        raise UserError(f"--init-from {f}: no such file; give one expert file (expert_<label>.pt of td3.py)")
+    e = load_experts(f)[0]
+    have = [e["task"], e["hidden"], e.get("critic_layer_norm", False)]
+    if have != [task, list(hidden), layer_norm]:
+        raise UserError(f"--init-from {f}: a {have[0]} expert, hidden {have[1]}, critic layer norm {have[2]}; "
+                        f"this run needs --task {task}, --hidden {' '.join(map(str, hidden))}, layer norm {layer_norm}")  # fmt: skip
+    return e
+
+
 def expert_layers(expert: dict, key: str = "actor", device="cpu"):
     """Expert dict -> layers with K = 1."""
     ts = [t.to(device) for t in expert[key]]

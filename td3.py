@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 import runio
-from policy import evaluate_policy, expert_file, flatten_layers, init_layers, layer_sizes, load_experts, mlp, tensors
+from policy import evaluate_policy, expert_file, flatten_layers, init_layers, layer_sizes, load_start, mlp, tensors
 from runio import UserError
 from tasks import context_label, make_env, parse_contexts
 
@@ -420,13 +420,7 @@ def main(args: Args) -> dict:
     if args.cudagraphs and device.type != "cuda":
         raise UserError(f"--cudagraphs needs a CUDA device; --device {args.device} gives {device}")
     ck = read_checkpoint(Path(args.out_dir) / "checkpoint.pt", asdict(args)) if args.resume else None
-    if args.init_from and not Path(args.init_from).is_file():
-        raise UserError(f"--init-from {args.init_from}: no such file; give one expert file (expert_<label>.pt of td3.py)")
-    start = load_experts(args.init_from)[0] if args.init_from else None
-    have = start and [start["task"], start["hidden"], start.get("critic_layer_norm", False)]
-    if start and have != [args.task, list(args.hidden), args.layer_norm]:
-        raise UserError(f"--init-from {args.init_from}: a {have[0]} expert, hidden {have[1]}, critic layer norm {have[2]}; "
-                        f"this run needs --task {args.task}, --hidden {' '.join(map(str, args.hidden))}, layer norm {args.layer_norm}")  # fmt: skip
+    start = load_start(args.init_from, args.task, args.hidden, args.layer_norm) if args.init_from else None
     out = runio.prepare_out_dir(args.out_dir, OUTPUTS, resume=args.resume, overwrite=args.overwrite)
     tracker = runio.Tracker(out, args, args.track, args.wandb_project_name, args.wandb_entity)
     torch.manual_seed(args.seed)

@@ -84,7 +84,7 @@ def main(args: Args) -> dict:
     runs = [hyplatent.load_checkpoint(d) for d in args.hyplatent]
     formers = [hypformer.load_checkpoint(d) for d in args.hypformer]
     task, behaviour = runs[0]["task"], runs[0]["condition"] == "behaviour"
-    data = hyplatent.load_data(runs[0]["data_dir"])
+    data = collect.load_behaviour(runs[0]["data_dir"])
     train = runs[0]["split"]["train"]  # the goals the generators trained on (the data may hold its --test-contexts too)
     if behaviour:  # a MetaWorld task's context (its goal seed) is its expert's, whose demonstration conditions it
         names = [tasks.context_label(c) for c in tasks.parse_contexts(task, args.heldout, args.seed)]
