@@ -36,6 +36,8 @@ from runio import UserError
 
 FORMAT = "cleanhyper-rollouts-v1"
 BEHAVIOUR_FORMAT = "cleanhyper-behaviour-v1"
+ROLLOUT_FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "q", "context", "context_id")
+ROLLOUT_MANIFEST = {"task": str, "context_names": list, "contexts": list, "obs_dim": int, "act_dim": int, "gamma": (int, float)}
 TRAJ_STEPS = list(range(0, 60, 3))  # Make-An-Agent's trajectory feature: t = 0, 3, ..., 57 (20 blocks)
 POST_SUCCESS_RULE = (
     "s_m, s_{m+1}, s_{m+2} of the first episode, where s_m is the first state reached by a step whose info['success'] "
@@ -114,6 +116,46 @@ def read_manifest(path, fields: dict) -> dict:
         if isinstance(man[key], float) and not math.isfinite(man[key]):
             raise UserError(f"bad data in {path}: {key!r} is {man[key]}")
     return man
+
+
+def load_rollouts(path) -> tuple[dict, dict[str, np.ndarray]]:
+    """manifest.json + the arrays main wrote (hyperzero.py's and meta.py's data), checked for what training needs: the manifest's entries and their
+    types, every array's dtype (float, context_id integer), shape (the manifest's rows and sizes) and finiteness.
+    Anything else is one UserError naming the file and what is wrong."""
+    path = Path(path)
+    mf = path / "manifest.json"
+    if not mf.is_file():
+        raise UserError(f"no rollouts at {path} (manifest.json missing: run collect.py, or it was interrupted)")
+    man = read_manifest(mf, {"format": str, **ROLLOUT_MANIFEST, "counts": dict})
+    if man["format"] != FORMAT:
+        raise UserError(f"{mf} is not a collect.py rollout set (format {man['format']!r}, want {FORMAT!r})")
+    n = man.get("counts", {}).get("rows") if isinstance(man.get("counts"), dict) else None
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise UserError(f"{mf}: counts.rows is {n!r}; expected the number of rows (rerun collect.py)")
+    names = man["context_names"]
+    for i, ctx in enumerate(man["contexts"]):
+        if not isinstance(ctx, dict) or not all(
+            isinstance(ctx.get(k), (int, float)) and not isinstance(ctx.get(k), bool) and math.isfinite(ctx[k]) for k in names
+        ):
+            raise UserError(f"bad data in {mf}: context {i} is {ctx!r}; expected finite values of {names}")
+    S, A, C = man["obs_dim"], man["act_dim"], len(names)
+    want = {"obs": (n, S), "action": (n, A), "reward": (n,), "next_obs": (n, S), "terminated": (n,), "q": (n,), "context": (n, C)}
+    want["context_id"] = (n,)
+    arrays = {}
+    for f in ROLLOUT_FIELDS:  # loaded without pickle, of their kind, finite (load_array), then their shapes
+        file = path / f"{f}.npy"
+        a = load_array(file, kind="iu" if f == "context_id" else "f")
+        if a.shape != want[f]:
+            raise UserError(
+                f"{file} has shape {a.shape} but the manifest says {want[f]}: rollouts at {path} are inconsistent with"
+                " their manifest (mixed sets? rerun collect.py)"
+            )
+        arrays[f] = a
+    if n == 0 or arrays["context_id"].min() < 0 or arrays["context_id"].max() >= len(man["contexts"]):
+        raise UserError(f"rollouts at {path}: context_id outside the manifest's {len(man['contexts'])} contexts")
+    if C == 0:
+        raise UserError(f"task '{man['task']}' has no numeric context (MetaWorld): HyperZero needs one")
+    return man, arrays
 
 
 def load_behaviour(path) -> dict:
@@ -257,7 +299,7 @@ def collect_behaviour(args: Args, experts: list[dict], envs: list, snaps: list, 
     }
 
 
-FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "q", "context", "context_id", "episode")
+FIELDS = (*ROLLOUT_FIELDS, "episode")  # the arrays main writes; the training stages read ROLLOUT_FIELDS
 OUTPUTS = (*(f"{k}.npy" for k in FIELDS), "manifest.json", "behaviour")  # what a run writes into --out-dir
 
 

@@ -9,7 +9,7 @@ comparison. The meta-learners MAML and PEARL are meta.py, which imports its shar
     python hyperzero.py --rollouts runs/vel/rollouts --model hyperzero --test-contexts 1.5 --seed 1 --out-dir runs/vel/hyperzero
 
 Writes hyperzero.pt (weights, split, losses) and TensorBoard event files (out_dir/tb) of the losses and steps/s. Every
-flag and the rollouts (load_rollouts: entries, dtypes, shapes, finite values) are checked before any training; an
+flag and the rollouts (collect.load_rollouts: entries, dtypes, shapes, finite values) are checked before any training; an
 --out-dir holding an earlier run is refused unless --overwrite.
 
 "The released code" below is SAIC-MONTREAL/hyperzero (docs/reference_code.md#sources); where we differ from it and
@@ -58,11 +58,8 @@ MODELS = {
     "mlp-q-td": Model(hyper=False, q=True, td=True),  # "UVFA + TD" (mlp_rl_td)
 }
 META_MODELS = ("maml", "pearl")  # meta.py
-ROLLOUTS_FORMAT = "cleanhyper-rollouts-v1"
-ROLLOUT_FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "q", "context", "context_id")
 OUTPUTS = ("hyperzero.pt", "tb")  # what a run writes into --out-dir (runio.prepare_out_dir)
 # the manifest entries this stage reads, and their JSON types
-MANIFEST_KEYS = {"task": str, "context_names": list, "contexts": list, "obs_dim": int, "act_dim": int, "gamma": (int, float)}
 
 
 @dataclass
@@ -246,46 +243,6 @@ def compute_losses(model, batch, gamma: float, use_td: bool, per_sample: bool = 
 # ---------------------------------------------------------------------------------------------
 # Data and split (meta.py uses these too)
 # ---------------------------------------------------------------------------------------------
-def load_rollouts(path) -> tuple[dict, dict[str, np.ndarray]]:
-    """manifest.json + the arrays collect.py wrote, checked for what training needs: the manifest's entries and their
-    types, every array's dtype (float, context_id integer), shape (the manifest's rows and sizes) and finiteness.
-    Anything else is one UserError naming the file and what is wrong."""
-    path = Path(path)
-    mf = path / "manifest.json"
-    if not mf.is_file():
-        raise UserError(f"no rollouts at {path} (manifest.json missing: run collect.py, or it was interrupted)")
-    man = collect.read_manifest(mf, {"format": str, **MANIFEST_KEYS, "counts": dict})
-    if man["format"] != ROLLOUTS_FORMAT:
-        raise UserError(f"{mf} is not a collect.py rollout set (format {man['format']!r}, want {ROLLOUTS_FORMAT!r})")
-    n = man.get("counts", {}).get("rows") if isinstance(man.get("counts"), dict) else None
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-        raise UserError(f"{mf}: counts.rows is {n!r}; expected the number of rows (rerun collect.py)")
-    names = man["context_names"]
-    for i, ctx in enumerate(man["contexts"]):
-        if not isinstance(ctx, dict) or not all(
-            isinstance(ctx.get(k), (int, float)) and not isinstance(ctx.get(k), bool) and math.isfinite(ctx[k]) for k in names
-        ):
-            raise UserError(f"bad data in {mf}: context {i} is {ctx!r}; expected finite values of {names}")
-    S, A, C = man["obs_dim"], man["act_dim"], len(names)
-    want = {"obs": (n, S), "action": (n, A), "reward": (n,), "next_obs": (n, S), "terminated": (n,), "q": (n,), "context": (n, C)}
-    want["context_id"] = (n,)
-    arrays = {}
-    for f in ROLLOUT_FIELDS:  # loaded without pickle, of their kind, finite (collect.load_array), then their shapes
-        file = path / f"{f}.npy"
-        a = collect.load_array(file, kind="iu" if f == "context_id" else "f")
-        if a.shape != want[f]:
-            raise UserError(
-                f"{file} has shape {a.shape} but the manifest says {want[f]}: rollouts at {path} are inconsistent with"
-                " their manifest (mixed sets? rerun collect.py)"
-            )
-        arrays[f] = a
-    if n == 0 or arrays["context_id"].min() < 0 or arrays["context_id"].max() >= len(man["contexts"]):
-        raise UserError(f"rollouts at {path}: context_id outside the manifest's {len(man['contexts'])} contexts")
-    if C == 0:
-        raise UserError(f"task '{man['task']}' has no numeric context (MetaWorld): HyperZero needs one")
-    return man, arrays
-
-
 def split_contexts(man: dict, test_specs, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Context ids (manifest order) -> train, test. Named test contexts, else a seeded shuffle, as the released code's
     utils/dataset.py (docs/reference_code.md#hyperzero-split-and-evaluation)."""
@@ -362,7 +319,7 @@ def fit(model, opt, steps, batch_loss, heldout, log_interval, max_grad_norm=0.0,
     for step in range(1, steps + 1):
         t0 = time.perf_counter()
         loss, parts = batch_loss()
-        if not torch.isfinite(loss):  # the data were checked finite (load_rollouts): the training diverged
+        if not torch.isfinite(loss):  # the data were checked finite (collect.load_rollouts): the training diverged
             parts_s = ", ".join(f"{k} {v.item():.4g}" for k, v in parts.items())
             raise UserError(
                 f"non-finite loss at step {step}: {loss.item()} ({parts_s}); the rollouts are finite, so training diverged:"
@@ -468,7 +425,7 @@ def main(args: Args) -> dict:
     positive = ("steps", "batch_size", "batch_contexts", "learning_rate", "embed_dim", "policy_hidden", "log_interval")
     runio.check_flags(args, positive, nonnegative=("seed", "epochs", "value_weight", "td_weight", "torch_threads"))
     device = runio.resolve_device(args.device)
-    man, arr = load_rollouts(args.rollouts)
+    man, arr = collect.load_rollouts(args.rollouts)
     train, test = split_contexts(man, args.test_contexts, args.test_fraction, args.seed)
     out = runio.prepare_out_dir(args.out_dir, OUTPUTS, overwrite=args.overwrite)
     torch.manual_seed(args.seed)

@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
+import collect
 import policy
 import runio
 import tasks
@@ -39,7 +40,6 @@ from hyperzero import (
     context_major,
     fit,
     heldout_bc,
-    load_rollouts,
     split_contexts,
 )
 from runio import UserError
@@ -286,7 +286,7 @@ def main(args: Args) -> dict:
     nonnegative = ("seed", "torch_threads", "inner_steps", "max_grad_norm", "kl_weight")
     runio.check_flags(args, positive, nonnegative)
     device = runio.resolve_device(args.device)
-    man, arr = load_rollouts(args.rollouts)
+    man, arr = collect.load_rollouts(args.rollouts)
     train, test = split_contexts(man, args.test_contexts, args.test_fraction, args.seed)
     n_rows = args.support_size + args.query_size
     least = np.bincount(arr["context_id"], minlength=len(man["contexts"]))[train].min()

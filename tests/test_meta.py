@@ -295,7 +295,7 @@ def test_evaluate_adds_adapted_rows(tiny_experts, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Bad input: one line before any work (rollout files: hyperzero.load_rollouts, tested in test_hyperzero.py), tracking
+# Bad input: one line before any work (rollout files: collect.load_rollouts, tested in test_hyperzero.py), tracking
 # ---------------------------------------------------------------------------------------------------------------------
 FLAG_CASES = [
     (dict(steps=0), "--steps must be a finite number > 0, got 0"),
