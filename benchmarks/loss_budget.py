@@ -9,6 +9,8 @@ Cheetah-Vel by the normalised return (0 random, 1 the best expert on that goal),
   (b) reconstruction  each snapshot through the parameter autoencoder of the run (encode, clamp, decode)
   (c) hyplatent       --samples generated policies per goal, conditioned on the goal
   (d) hypformer       the same through HypFormer
+  spread              the policies' diversity: per-parameter std over a goal's policies, averaged (a generator that
+                      collapses to one mode has a spread far below its data's)
   nearest expert      on a held-out goal: the expert of the closest training goal, zero-shot; on an unseen MetaWorld
                       task the seen expert whose demonstration the run's behaviour embedding puts closest to the task's
 
@@ -121,21 +123,27 @@ def main(args: Args) -> dict:
     models = [hyplatent.build_models(ck) for ck in runs]  # per run: its autoencoder, generator and embedding
     rows = []  # {source, split, run, label, score (mean over the source's policies), best (the best of them)}
 
-    def add(src, split, run, lab, rs, **extra):
+    def add(src, split, run, lab, rs, layers=None, **extra):
         got = [score(lab, r) for r in rs]
         rows.append({"source": src, "split": split, "run": run, "label": lab, "score": float(np.mean(got))} | extra)
         rows[-1]["best"] = float(max(got))
+        if layers is not None and len(rs) > 1:  # diversity: per-parameter std over the goal's policies, averaged
+            rows[-1]["spread"] = float(policy.flatten_layers(layers).std(0).mean())  # (mode collapse: far below data's)
 
     for ctx, lab in zip(train, labels):
         snaps = data["params"][data["context_id"] == in_data.index(lab)]  # [N, P] this goal's behaviour policies
         snaps = snaps[collect.evenly_spaced(len(snaps), args.snapshots)]  # evenly spaced over training
-        add("(a) data", "train", None, lab, results(task, ctx, policy.unflatten_layers(snaps, sizes), args))
-        rows.append(rows[-1] | {"source": "(a) best snapshot", "score": rows[-1]["best"]})
+        data_layers = policy.unflatten_layers(snaps, sizes)
+        add("(a) data", "train", None, lab, results(task, ctx, data_layers, args), data_layers)
+        rows.append(
+            {k: v for k, v in rows[-1].items() if k != "spread"} | {"source": "(a) best snapshot", "score": rows[-1]["best"]}
+        )
         for j, (ck, m) in enumerate(zip(runs, models)):
             with torch.no_grad():
                 z = m["ae"].encode(hyplatent.normalize(snaps, ck["param_norm"])).clamp(-1, 1)
                 rec = hyplatent.unnormalize(m["ae"].decode(z), ck["param_norm"])
-            add("(b) reconstruction", "train", j, lab, results(task, ctx, policy.unflatten_layers(rec, sizes), args))
+            rec_layers = policy.unflatten_layers(rec, sizes)
+            add("(b) reconstruction", "train", j, lab, results(task, ctx, rec_layers, args), rec_layers)
         print(f"{lab}: data and reconstructions scored ({time.time() - t0:.0f} s)", flush=True)
     for split, at in (("train", range(len(train))), ("held out", range(len(train), len(goals)))):
         ctxs, cond = [goals[i] for i in at], demo[list(at)] if behaviour else None
@@ -143,7 +151,8 @@ def main(args: Args) -> dict:
             for j, ck in enumerate(cks):
                 layers = module.generate_policies(ck, ctxs, n=args.samples, seed=args.seed, conditions=cond)
                 for i, ctx in enumerate(ctxs):
-                    add(name, split, j, tasks.context_label(ctx), results(task, ctx, policy.pick(layers, i, args.samples), args))
+                    mine = policy.pick(layers, i, args.samples)
+                    add(name, split, j, tasks.context_label(ctx), results(task, ctx, mine, args), mine)
     if behaviour:  # the seen expert nearest in the run's behaviour embedding (its normalised condition space)
         for j, (ck, m) in enumerate(zip(runs, models)):
             for i, k in enumerate(evaluate.nearest_seen(ck, m, demo[: len(train)], demo[len(train) :])):
@@ -165,12 +174,14 @@ def main(args: Args) -> dict:
                 cells = [{"method": src, "run": r["run"], "label": r["label"], "normalized": r["score"]} for r in rs]
                 ci = stats.bootstrap_ci(stats.score_matrix(cells, "normalized")[0], seed=args.seed)
                 n_runs, n_goals = len({r["run"] for r in rs}), len({r["label"] for r in rs})
+                spread = [r["spread"] for r in rs if "spread" in r]
                 table.append({"source": src, "split": split, "runs": n_runs, "goals": n_goals} | ci)
+                table[-1]["spread"] = float(np.mean(spread)) if spread else None
     what = "success" if behaviour else "normalised score"
-    print(f"\n| source | split | runs | goals | {what}: mean [95% CI] |\n|---|---|---|---|---|")
+    print(f"\n| source | split | runs | goals | {what}: mean [95% CI] | spread |\n|---|---|---|---|---|---|")
     for t in table:
-        lo, hi = t["mean_ci"]
-        print(f"| {t['source']} | {t['split']} | {t['runs']} | {t['goals']} | {t['mean']:.2f} [{lo:.2f}, {hi:.2f}] |")
+        (lo, hi), sp = t["mean_ci"], "-" if t["spread"] is None else f"{t['spread']:.3f}"
+        print(f"| {t['source']} | {t['split']} | {t['runs']} | {t['goals']} | {t['mean']:.2f} [{lo:.2f}, {hi:.2f}] | {sp} |")
     ref = "success over" if behaviour else "score 1: the best expert on the goal,"
     print(f"({time.time() - t0:.0f} s; {ref} {args.episodes} episodes per policy)")
     if args.out:

@@ -46,6 +46,9 @@ def test_metaworld_budget_scores_success_and_the_nearest_seen_expert_in_the_runs
     # known answer: the data are the experts, which succeed, and a score is a success rate
     assert all(by("(a) data")[t]["score"] == by("(a) best snapshot")[t]["score"] == 1.0 for t in SEEN)
     assert all(r["score"] in (0.0, 0.5, 1.0) for r in rows)  # 2 samples x 1 episode: successes, not returns
+    # the spread (diversity) of a goal's policies: 3 copies of one actor have none; 2 generated samples differ
+    assert all(by("(a) data")[t]["spread"] == 0.0 and by("(c) hyplatent")[t]["spread"] > 1e-4 for t in SEEN)
+    assert "spread" not in by("(a) best snapshot")[SEEN[0]]  # one policy: no spread
     # the nearest expert: the seen task whose demonstration the run's embedding puts closest, rolled out on the unseen
     (near,) = [r for r in rows if r["source"] == "nearest expert"]
     ck = hyplatent.load_checkpoint(tmp_path / "hl")
