@@ -28,7 +28,6 @@ documents it. We use MetaWorld as it is and do not register it.
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 
 import gymnasium as gym
@@ -281,17 +280,6 @@ for _task in FAMILIES:
             kwargs={"_family": _task},
             max_episode_steps=TASKS[_task]["steps"],
         )
-
-
-def scripted_policy(ctx: dict):
-    """MetaWorld's hand-written policy of a MetaWorld context's task (metaworld.policies, e.g. SawyerDoorOpenV3Policy):
-    obs -> action clipped to [-1, 1]. It succeeds on door-open-v3 and drawer-open-v3 within 100 steps, where SAC's own
-    exploration at this project's sizes never did (docs/results_experts.md)."""
-    from metaworld.policies import ENV_POLICY_MAP
-
-    warnings.filterwarnings("ignore", "Constant\\(s\\) may be too high")  # its move() gains saturate; we clip anyway
-    p = ENV_POLICY_MAP[ctx["env_name"]]()
-    return lambda obs: np.clip(p.get_action(obs), -1.0, 1.0)
 
 
 def make_env(task: str, ctx: dict, seed: int = 0, render_mode: str | None = None) -> gym.Env:

@@ -26,7 +26,7 @@ import torch
 import runio
 from policy import evaluate_policy, expert_file, flatten_layers, init_layers, layer_sizes, load_start, mlp, tensors
 from runio import UserError
-from tasks import context_label, make_env, parse_contexts, scripted_policy
+from tasks import context_label, make_env, parse_contexts
 
 
 @dataclass
@@ -41,9 +41,6 @@ class Args:
     """environment steps per context"""
     learning_starts: int = 5_000
     """uniform-random actions (and no updates) before this step"""
-    scripted_starts: float | None = None
-    """MetaWorld: before learning_starts act with the task's scripted policy (metaworld.policies) plus Gaussian noise of
-    this std instead of uniform-random actions, so the replay buffer holds successful episodes (None: uniform)"""
     seed: int = 1
     """seed of torch, the environments and (MetaWorld) the fixed goal"""
     seeds: int = 1
@@ -388,9 +385,6 @@ def checked_contexts(args: Args) -> tuple[list[int], list[dict], list[str]]:
     if not args.batch_size <= args.learning_starts < (args.total_timesteps if not args.resume else math.inf):  # updates
         ls, bs, tt = args.learning_starts, args.batch_size, args.total_timesteps
         raise UserError(f"--learning-starts {ls} must be >= --batch-size {bs} and < --total-timesteps {tt}")
-    if args.scripted_starts is not None and (args.task != "metaworld" or not args.scripted_starts >= 0):
-        raise UserError(f"--scripted-starts {args.scripted_starts}: a noise std >= 0, and only for --task metaworld "
-                        f"(the scripted policies are MetaWorld's); this run is --task {args.task}")  # fmt: skip
     contexts = parse_contexts(args.task, args.contexts, args.seed)  # refuses duplicates
     if not contexts:
         raise UserError("no contexts given (--contexts)")
@@ -438,7 +432,6 @@ def main(args: Args) -> dict:
     # TRY NOT TO MODIFY: one env per learner; episode e of context i (its place in the full --contexts list) resets
     # with a seed derived from both, so a resumed run or a shard replays the same initial states.
     envs = [make_env(args.task, c, args.seed + 1000 * i) for i, c in zip(places, members)]
-    scripted = [scripted_policy(c) for c in members] if args.scripted_starts is not None else None
     reset_all = lambda e: np.stack([env.reset(seed=args.seed + 1000 * i + 7919 * e)[0] for i, env in zip(places, envs)])
     obs_dim, act_dim = envs[0].observation_space.shape[0], envs[0].action_space.shape[0]
     agent = TD3(k, obs_dim, act_dim, args.hidden, args.learning_rate, device, args.compile, args.cudagraphs,
@@ -453,11 +446,8 @@ def main(args: Args) -> dict:
     obs, ep_ret, losses = reset_all(run.episode), np.zeros(k), {}
     t0, s0 = time.time(), run.step
     while run.step < args.total_timesteps:
-        # ALGO LOGIC: act (uniform random or scripted before learning_starts, then pi(s) + N(0, sigma); SAC: a ~ pi(s))
-        if run.step < args.learning_starts and scripted:  # --scripted-starts: demonstrations with noise fill the buffer
-            act = torch.as_tensor(np.stack([p(o) for p, o in zip(scripted, obs)]), dtype=torch.float32)
-            act = (act + torch.randn(k, act_dim) * args.scripted_starts).clamp(-1, 1)
-        elif run.step < args.learning_starts:
+        # ALGO LOGIC: act (uniform random before learning_starts, then pi(s) + N(0, sigma); SAC: a ~ pi(s))
+        if run.step < args.learning_starts:
             act = torch.rand(k, act_dim) * 2 - 1
         else:
             with torch.no_grad():

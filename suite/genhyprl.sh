@@ -6,8 +6,6 @@
 #   bash suite/genhyprl.sh experts unseen   run it again to resume (--resume, bit-exact); a larger STEPS extends it
 #   bash suite/genhyprl.sh experts retry I/N   the tasks whose expert failed (RETRY), again: another seed, LayerNorm
 #                                           critics, RETRY_STEPS; shard I of N (one core each); its experts replace those
-#   bash suite/genhyprl.sh experts scripted    the tasks in SCRIPTED, their replay buffer started with MetaWorld's
-#                                           scripted policy plus noise (td3.py --scripted-starts); these experts come first
 #   bash suite/genhyprl.sh generators       rollouts, HypLatent + HypFormer x SEEDS, evaluate.py on all 16 tasks
 #   bash suite/genhyprl.sh --list           prints seen|<tasks> and unseen|<tasks>
 #   bash suite/genhyprl.sh --experts        prints the expert file of each task that the generators stage uses
@@ -17,7 +15,7 @@
 #   STEPS=100000        expert steps per task;  SEEDS="1 2 3" generator seeds;  SAMPLES=20 generated policies per task
 #   THREADS=1           torch threads per stage: the two expert runs side by side take one core each
 #   RETRY=<tasks>       default: the tasks whose expert in experts_seen/unseen has deterministic success < 0.8
-#   RETRY_STEPS=400000  RETRY_SEED=2        SCRIPTED="door-open-v3 drawer-open-v3" (the two no other run solved)
+#   RETRY_STEPS=400000  RETRY_SEED=2
 # The expert recipe (docs/results_experts.md, "MetaWorld experts"): hidden 64, SAC's entropy-regularised actor (--sac), snapshots every 2000
 # steps from 40k, the best deterministic evaluation kept (--keep-best). One deterministic episode per evaluation and
 # per generated policy: MetaWorld fixes the goal by the seed, so a deterministic policy's episodes are identical.
@@ -36,14 +34,14 @@ stage() { $PY "$@" --torch-threads "$THREADS"; }
 failed() { $PY -c "import sys, policy; print(*[e['label'] for e in policy.load_experts(sys.argv[1:]) if e['eval_success'] < 0.8])" "$@"; }
 # One expert run into $1, its contexts and seed in the other arguments; resumed (bit-exact) where it has a checkpoint.
 train() { d=$1; shift; again=--overwrite; [ -f "$d/checkpoint.pt" ] && again=--resume
-  stage td3.py --task metaworld --learning-starts 5000 $RECIPE --checkpoint-interval 20000 --log-interval 5000 \
-    --out-dir "$d" $again "$@"; }  # "$@" last: a stage's own flags override the recipe's
-# The expert file of each of the 16 tasks: a scripted start's, else a retry's where one was trained, else the first run's; an unseen task, which
+  stage td3.py --task metaworld "$@" --learning-starts 5000 $RECIPE --checkpoint-interval 20000 --log-interval 5000 \
+    --out-dir "$d" $again; }
+# The expert file of each of the 16 tasks: a retry's where one was trained, else the first run's; an unseen task, which
 # gives the generators no data, only its demonstration, falls back to the committed expert (experts/metaworld).
 experts() { for t in $SEEN $UNSEEN; do
   c=""; [[ " $UNSEEN " == *" $t "* ]] && c=experts/metaworld/expert_$t.pt
-  for f in "$OUT"/experts_{scripted,retry_*}/expert_$t.pt "$OUT"/experts_{seen,unseen}/expert_$t.pt $c ""; do [ -f "$f" ] && break; done
-  [ -n "$f" ] || { echo "no expert of $t in $OUT/experts_{seen,unseen,retry_*,scripted}: run the experts stages first" >&2; exit 2; }
+  for f in "$OUT"/experts_retry_*/expert_$t.pt "$OUT"/experts_{seen,unseen}/expert_$t.pt $c ""; do [ -f "$f" ] && break; done
+  [ -n "$f" ] || { echo "no expert of $t in $OUT/experts_{seen,unseen,retry_*}: run the experts stages first" >&2; exit 2; }
   echo "$f"; done; }
 
 case "${1:-} ${2:-}" in
@@ -61,9 +59,6 @@ case "${1:-} ${2:-}" in
     [ -n "$retry" ] || { echo "experts retry: every expert succeeds; nothing to retry"; exit 0; }
     train "$OUT/experts_retry_${shard%/*}" --contexts $retry --shard "$shard" --total-timesteps "${RETRY_STEPS:-400000}" \
       --seed "${RETRY_SEED:-2}" --layer-norm ;;
-  "experts scripted")
-    train "$OUT/experts_scripted" --contexts ${SCRIPTED:-door-open-v3 drawer-open-v3} --total-timesteps "$STEPS" --seed 1 \
-      --learning-starts 10000 --scripted-starts 0.3 ;;
   "generators ")
     t0=$(date +%s)
     ex=$(experts)
@@ -78,5 +73,5 @@ case "${1:-} ${2:-}" in
       --adapt-transitions 0 --seed 1 --out-dir "$OUT/eval" --overwrite
     echo "generators done in $(( $(date +%s) - t0 )) s: $OUT/eval" ;;
   "--experts ") experts ;;
-  *) echo "usage: bash suite/genhyprl.sh experts seen|unseen|scripted|retry [I/N], or bash suite/genhyprl.sh generators (got '$*')" >&2; exit 2 ;;
+  *) echo "usage: bash suite/genhyprl.sh experts seen|unseen|retry [I/N], or bash suite/genhyprl.sh generators (got '$*')" >&2; exit 2 ;;
 esac

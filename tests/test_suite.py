@@ -182,10 +182,9 @@ def test_genhyprl_table_splits_seen_unseen_and_failed_experts(tmp_path):
             genhyprl_table.main(genhyprl_table.Args(eval=str(tmp_path)))
 
 
-def test_genhyprl_generators_take_a_scripted_then_a_retry_expert_where_one_exists_and_refuse_a_seen_task_with_none(tmp_path):
+def test_genhyprl_generators_take_a_retry_expert_where_one_exists_and_refuse_a_seen_task_with_none(tmp_path):
     seen, unseen = genhyprl_split()
-    runs = (("experts_seen", seen), ("experts_unseen", unseen), ("experts_retry_1", [seen[1], seen[2], unseen[5]]))
-    for d, names in (*runs, ("experts_scripted", [seen[1]])):
+    for d, names in (("experts_seen", seen), ("experts_unseen", unseen), ("experts_retry_1", [seen[2], unseen[5]])):
         (tmp_path / d).mkdir()
         for t in names:
             (tmp_path / d / f"expert_{t}.pt").touch()
@@ -195,13 +194,7 @@ def test_genhyprl_generators_take_a_scripted_then_a_retry_expert_where_one_exist
     chosen = [Path(p) for p in out.stdout.split()]
     assert [p.name for p in chosen] == [f"expert_{t}.pt" for t in seen + unseen]  # one file a task, in the split's order
     assert [p.parent.name for p in chosen] == [
-        "experts_scripted"
-        if t == seen[1]
-        else "experts_retry_1"
-        if t in (seen[2], unseen[5])
-        else "experts_seen"
-        if t in seen
-        else "experts_unseen"
+        "experts_retry_1" if t in (seen[2], unseen[5]) else "experts_seen" if t in seen else "experts_unseen"
         for t in seen + unseen
     ]
     (tmp_path / "experts_unseen" / f"expert_{unseen[0]}.pt").unlink()  # an unseen task gives no data, only its demo:

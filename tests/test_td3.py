@@ -23,24 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------------------------------------- episodes and files
-def test_scripted_starts_replay_metaworlds_scripted_policy_then_learn(tmp_path, tiny_args):
-    # --scripted-starts 0: the first episodes are MetaWorld's scripted policy itself (its return and success, replayed
-    # here by hand on the same environment); uniform-random actions on door-open never open the door
-    args = tiny_args(tmp_path / "run", task="metaworld", contexts=("door-open-v3",), seed=0, scripted_starts=0.0)
-    td3.main(replace(args, total_timesteps=600, learning_starts=550, batch_size=32, eval_interval=0))
-    (ctx,) = parse_contexts("metaworld", ["door-open-v3"], seed=0)
-    env, act = tasks.make_env("metaworld", ctx, 0), tasks.scripted_policy(ctx)
-    obs, ret, success = env.reset(seed=0)[0], 0.0, 0.0
-    for _ in range(500):
-        obs, r, _, _, info = env.step(act(obs))
-        ret, success = ret + r, max(success, info["success"])
-    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
-    assert success == 1.0 and float(rows[0]["step"]) == 500
-    assert float(rows[0]["episodic_return"]) == pytest.approx(ret, rel=1e-6)
-    uniform = policy.evaluate_policy("metaworld", ctx, None, 1, seed=3)  # None: uniform-random actions
-    assert uniform["success_rate"] == 0.0 and uniform["return_mean"] < ret / 4
-
-
 def test_metaworld_evaluation_survives_a_weights_only_checkpoint(tmp_path):
     # evaluations go into checkpoint.pt; a numpy scalar from MetaWorld's reward made resume fail to load
     (ctx,) = parse_contexts("metaworld", ["coffee-button-v3"], seed=1)  # its reward is a numpy.float64
@@ -444,8 +426,6 @@ BAD_FLAGS = {  # name -> (overrides of tiny_args, the one line that refuses them
     "unknown device": ({"device": "tpu"}, "--device 'tpu' is not a device"),
     "cuda without cuda": ({"device": "cuda"}, "--device cuda: no CUDA device"),
     "cudagraphs on cpu": ({"device": "cpu", "cudagraphs": True}, "--cudagraphs needs a CUDA device"),
-    "scripted starts off MetaWorld": ({"scripted_starts": 0.1}, "only for --task metaworld .*this run is --task cheetah-vel"),
-    "negative scripted noise": ({"scripted_starts": -0.1}, "--scripted-starts -0.1: a noise std >= 0"),
 }
 
 
