@@ -37,6 +37,7 @@ from runio import UserError
 FORMAT = "cleanhyper-rollouts-v1"
 BEHAVIOUR_FORMAT = "cleanhyper-behaviour-v1"
 ROLLOUT_FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "q", "context", "context_id")
+# the manifest entries the training stages read (load_rollouts), and their JSON types
 ROLLOUT_MANIFEST = {"task": str, "context_names": list, "contexts": list, "obs_dim": int, "act_dim": int, "gamma": (int, float)}
 TRAJ_STEPS = list(range(0, 60, 3))  # Make-An-Agent's trajectory feature: t = 0, 3, ..., 57 (20 blocks)
 POST_SUCCESS_RULE = (

@@ -59,7 +59,6 @@ MODELS = {
 }
 META_MODELS = ("maml", "pearl")  # meta.py
 OUTPUTS = ("hyperzero.pt", "tb")  # what a run writes into --out-dir (runio.prepare_out_dir)
-# the manifest entries this stage reads, and their JSON types
 
 
 @dataclass
