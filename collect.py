@@ -16,6 +16,8 @@ Writes into --out-dir (float32 unless noted, rows context-major, load with np.lo
               post_success_step [M] int64  manifest.json
 Episode e of expert i resets with seed + 10000*i + e, so policy.evaluate_policy(task, ctx, actor, E, seed + 10000*i)
 replays exactly the episodes stored here. manifest.json is written last: a set without it is incomplete.
+The readers of both sets live here too, beside the writer: load_rollouts (hyperzero.py, meta.py) and load_behaviour
+(hyplatent.py, hypformer.py), each checking every file and naming what is wrong.
 """
 
 from __future__ import annotations
