@@ -168,12 +168,23 @@ def test_genhyprl_table_splits_seen_unseen_and_failed_experts(tmp_path):
         for lab, s in zip(expert, sr):
             rows.append({"method": m, "run": str(run), "label": lab, "heldout": held[lab], "success_rate": s,
                          "top5_success": min(1.0, 2 * s), "top10_success": s})  # fmt: skip
+    for run in (1, 2):  # evaluate.py's yardstick: one policy per HypLatent run on each unseen task (no top-k keys)
+        rows += [{"method": "nearest-expert", "run": str(run), "label": lab, "heldout": True, "success_rate": s}
+                 for lab, s in (("c-v3", 1.0), ("d-v3", 0.0))]  # fmt: skip
     (tmp_path / "results.json").write_text(json.dumps(rows))
     text = genhyprl_table.main(genhyprl_table.Args(eval=str(tmp_path)))
     assert "| hyplatent | seen | 1 of 2 | 70.0 [60.0, 80.0] | 100.0 | 70.0 | 51 | 100 | 100 |" in text
     assert "| hypformer | unseen | 1 of 2 | 50.0 [40.0, 60.0] | 90.0 | 50.0 | 19.8 | 87.5 | 80.63 |" in text
     assert "| hypformer | unseen | 1 | 50.0 [50.0, 50.0] | 100.0 | 50.0 |" in text  # d-v3, its expert failed
-    assert "| `c-v3` | unseen | 0.90 | 0.10 | 0.50 |" in text and (tmp_path / "genhyprl_table.md").read_text() == text + "\n"
+    assert "| nearest-expert | unseen | 1 of 2 | 100.0 [100.0, 100.0] | 100.0 | 100.0 | - | - | - |" in text
+    assert "nearest-expert | seen" not in text and "| `a-v3` | seen | 1.00 | 0.70 | 1.00 | - |" in text
+    assert (
+        "| `c-v3` | unseen | 0.90 | 0.10 | 0.50 | 1.00 |" in text and (tmp_path / "genhyprl_table.md").read_text() == text + "\n"
+    )
+    # an evaluation of HypLatent runs alone: no HypFormer column or rows
+    (tmp_path / "results.json").write_text(json.dumps([r for r in rows if r["method"] != "hypformer"]))
+    text = genhyprl_table.main(genhyprl_table.Args(eval=str(tmp_path)))
+    assert "hypformer" not in text and "| task | split | expert | hyplatent | nearest-expert |" in text
     with pytest.raises(runio.UserError, match="results.json is missing"):
         genhyprl_table.main(genhyprl_table.Args(eval=str(tmp_path / "none")))
     for bad in ("{not json", '{"method": "expert"}', "[1, 2]"):  # damaged, not a list, not rows
