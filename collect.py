@@ -122,9 +122,9 @@ def read_manifest(path, fields: dict) -> dict:
 
 
 def load_rollouts(path) -> tuple[dict, dict[str, np.ndarray]]:
-    """manifest.json + the arrays main wrote (hyperzero.py's and meta.py's data), checked for what training needs: the manifest's entries and their
-    types, every array's dtype (float, context_id integer), shape (the manifest's rows and sizes) and finiteness.
-    Anything else is one UserError naming the file and what is wrong."""
+    """manifest.json + the arrays main wrote (hyperzero.py's and meta.py's data), checked for what training needs:
+    the manifest's entries and their types, every array's dtype (float, context_id integer), shape (the manifest's
+    rows and sizes) and finiteness. Anything else is one UserError naming the file and what is wrong."""
     path = Path(path)
     mf = path / "manifest.json"
     if not mf.is_file():
@@ -162,8 +162,9 @@ def load_rollouts(path) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 def load_behaviour(path) -> dict:
-    """ROLLOUTS/manifest.json + ROLLOUTS/behaviour/*.npy -> dict of tensors (hyplatent.py's data). Every file is checked for what this stage
-    needs (keys, dtypes, shapes, finite values, against each other): what is wrong is one UserError naming the file."""
+    """ROLLOUTS/manifest.json + ROLLOUTS/behaviour/*.npy -> dict of tensors (hyplatent.py's data). Every file is
+    checked for what the Gen-HypRL stages need (keys, dtypes, shapes, finite values, against each other): what is
+    wrong is one UserError naming the file."""
     root = Path(path)
     root = root.parent if root.is_file() else root
     bdir = root / "behaviour"
