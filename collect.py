@@ -171,7 +171,7 @@ def load_behaviour(path) -> dict:
     if not (root / "manifest.json").is_file() or not (bdir / "manifest.json").is_file():
         raise UserError(f"no behaviour data at {root} (expected manifest.json and behaviour/ written by collect.py)")
     mf, bmf = root / "manifest.json", bdir / "manifest.json"
-    man = read_manifest(mf, {"task": str, "context_names": list, "contexts": list, "obs_dim": int, "act_dim": int})
+    man = read_manifest(mf, ROLLOUT_MANIFEST)
     sizes = read_manifest(bmf, {"policy_sizes": list})["policy_sizes"]
     task, names, contexts, s, a = man["task"], man["context_names"], man["contexts"], man["obs_dim"], man["act_dim"]
     if task not in tasks.TASKS:
