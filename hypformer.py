@@ -31,8 +31,9 @@ import torch.nn.functional as F
 
 import collect
 import hyplatent
+import runio
 from policy import unflatten_layers
-from runio import Tracker, UserError, atomic_save, check_flags, cli, finish_out_dir, prepare_out_dir, resolve_device, safe_load
+from runio import UserError, descend
 from tasks import context_label
 
 FORMAT = "cleanhyper-hypformer-v1"
@@ -139,7 +140,7 @@ def load_checkpoint(path) -> dict:
     if path.is_dir() and not (path / "hypformer.pt").is_file():
         raise UserError(f"no hypformer.pt in {path} (the --out-dir of a hypformer.py run)")
     path = path / "hypformer.pt" if path.is_dir() else path
-    ck = safe_load(path)
+    ck = runio.safe_load(path)
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         fmt = ck.get("format") if isinstance(ck, dict) else type(ck).__name__
         raise UserError(f"{path} is not a HypFormer checkpoint (format {fmt!r}; expected {FORMAT!r})")
@@ -183,12 +184,12 @@ def main(args: Args) -> dict:
     # Every flag and every input file is checked before any work; nothing is written until they pass.
     positive = ("num_priors", "token_dim", "heads", "ffn_dim", "steps", "batch_size", "lr")
     nonnegative = ("seed", "lambda_cos", "lambda_res", "lambda_con", "torch_threads", "log_interval")
-    check_flags(args, positive, nonnegative, fraction=("dropout",))
+    runio.check_flags(args, positive, nonnegative, fraction=("dropout",))
     if args.residue_loss not in ("smooth-l1", "mse"):
         raise UserError(f"--residue-loss must be smooth-l1 or mse, not '{args.residue_loss}'")
     if args.token_dim % args.heads:
         raise UserError(f"--token-dim must be divisible by --heads, got {args.token_dim} and {args.heads}")
-    device = resolve_device(args.device)
+    device = runio.resolve_device(args.device)
     hl = hyplatent.load_checkpoint(args.hyplatent)
     data_dir = args.data or hl["data_dir"]  # the behaviour data HypLatent was trained on, unless --data says otherwise
     if not Path(data_dir).exists():
@@ -204,7 +205,7 @@ def main(args: Args) -> dict:
     train = torch.tensor([lab not in test for lab in labels], device=device)
     if train.sum() < 2:
         raise UserError("fewer than 2 training samples outside HypLatent's held-out contexts")
-    out = prepare_out_dir(args.out_dir, OUTPUTS, overwrite=args.overwrite)
+    out = runio.prepare_out_dir(args.out_dir, OUTPUTS, overwrite=args.overwrite)
 
     torch.manual_seed(args.seed)
     if args.torch_threads:  # 0: torch's default
@@ -221,14 +222,13 @@ def main(args: Args) -> dict:
     n_weights = sum(p.numel() for p in model.parameters())
     print(f"{hl['task']}: {len(Zt)} training samples, L = {args.num_priors} priors, {n_weights} parameters")
     avg, t1 = {}, time.time()
-    with closing(Tracker(out, args, track=args.track, project=args.wandb_project_name, entity=args.wandb_entity)) as tracker:
+    tracker = runio.Tracker(out, args, track=args.track, project=args.wandb_project_name, entity=args.wandb_entity)
+    with closing(tracker):
         for step in range(1, args.steps + 1):
             idx = torch.randint(0, len(Zt), (args.batch_size,))
             priors = sample_priors(hl, models["G"], Ct[idx], args.num_priors)  # fresh priors every batch
             losses = hypformer_losses(*model(priors, Ct[idx]), Zt[idx], priors, args)
-            opt.zero_grad()
-            losses["total"].backward()
-            opt.step()
+            descend(opt, losses["total"])
             cur = {k: v.item() for k, v in losses.items()}
             hyplatent.check(step, cur, "--lr")
             avg = {k: 0.98 * avg.get(k, v) + 0.02 * v for k, v in cur.items()}
@@ -262,11 +262,11 @@ def main(args: Args) -> dict:
         "hyplatent": {k: v for k, v in hl.items() if k != "discriminator"},  # all that generation needs: the file stands alone
         "stats": stats,
     }
-    atomic_save(ckpt, out / "hypformer.pt")
-    finish_out_dir(out)
+    runio.atomic_save(ckpt, out / "hypformer.pt")
+    runio.finish_out_dir(out)
     print(f"wrote {out / 'hypformer.pt'}  ({time.time() - t0:.0f} s)")
     return {"checkpoint": str(out / "hypformer.pt"), **stats, "wall_s": time.time() - t0}
 
 
 if __name__ == "__main__":
-    cli(main, Args)
+    runio.cli(main, Args)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 import runio
 from collect import load_behaviour
 from policy import n_params, unflatten_layers
-from runio import UserError
+from runio import UserError, descend
 from tasks import TASKS, context_label, parse_contexts
 
 FORMAT = "cleanhyper-hyplatent-v1"
@@ -243,9 +243,7 @@ def train_autoencoder(x, chunks: list[int], args: Args, tracker=None) -> ParamAu
     for step in range(1, args.ae_steps + 1):
         xb = x[torch.randint(0, len(x), (args.ae_batch_size,))].to(x.device)
         loss = args.ae_loss_weight * F.mse_loss(ae(xb, args.input_noise, args.latent_noise), xb)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        descend(opt, loss)
         sched.step()
         check(step, {"ae_loss": loss.item()}, "--ae-lr")
         log("ae", step, args.ae_steps, t0, {"loss": loss.item()}, args.log_interval, tracker)
@@ -260,9 +258,7 @@ def train_embedding(traj, post, args: Args, tracker=None) -> tuple[BehaviourEmbe
     for step in range(1, args.embed_steps + 1):
         idx = torch.randperm(len(traj))[: args.embed_batch_size]  # distinct samples: a repeat would be a false negative
         loss, acc = info_nce(emb.phi(traj[idx]), emb.psi(post[idx]), emb.W)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        descend(opt, loss)
         check(step, {"infonce": loss.item()}, "--embed-lr")
         accs = (accs + [acc.item()])[-100:]
         log("embed", step, args.embed_steps, t0, {"infonce": loss.item(), "acc": np.mean(accs)}, args.log_interval, tracker)
@@ -288,23 +284,17 @@ def train_gan(Z, C, args: Args, tracker=None) -> tuple[Generator, Discriminator,
         fake = G(noise, cond)
         # eq. 4: F tells real latents (target 1 - eps) from generated ones (target eps); the trunk is unconditional
         loss_d = 0.5 * (bce(Fd(z_real)[0], 1 - eps(0.2)) + bce(Fd(fake.detach())[0], eps(0.2)))
-        d_opt.zero_grad()
-        loss_d.backward()
-        d_opt.step()
+        descend(d_opt, loss_d)
         # eq. 3, non-saturating form as the code (-log F(G(z))), plus the released code's paired L2 to the sample's own latent.
         # (The released code runs this pass twice, stepping after each with gradients accumulated since one zero_grad;
         # we take one pass and one step.)
         loss_adv = bce(Fd(fake)[0], 1 - eps(0.3))
         loss_l2 = F.mse_loss(fake, z_real)
         loss_g = loss_adv + args.paired_l2_weight * loss_l2
-        g_opt.zero_grad()
-        loss_g.backward()
-        g_opt.step()
+        descend(g_opt, loss_g)
         # eq. 5: the info term makes G's output carry its condition: Q(F_trunk(G(z))) ~ condition, on G and F together
         loss_mi = args.lambda_reg * F.mse_loss(Fd(G(noise, cond))[1], cond)
-        mi_opt.zero_grad()
-        loss_mi.backward()
-        mi_opt.step()
+        descend(mi_opt, loss_mi)
         cur = {"loss_d": loss_d.item(), "loss_adv": loss_adv.item(), "loss_l2": loss_l2.item(), "loss_info": loss_mi.item()}
         check(step, cur, "--gan-lr")
         avg = {k: 0.98 * avg.get(k, v) + 0.02 * v for k, v in cur.items()}  # smoothed for the log

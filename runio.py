@@ -251,6 +251,14 @@ def write_csv(path, rows: list[dict]) -> None:
     atomic_save(buf.getvalue(), path)
 
 
+def descend(opt, loss):
+    """One gradient step of the optimiser opt on loss (a scalar tensor); returns the loss."""
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss
+
+
 def resolve_device(name: str):
     """--device: 'auto' is cuda when present, else cpu; asking for cuda where there is none is bad input."""
     import torch

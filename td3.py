@@ -25,7 +25,7 @@ import torch
 
 import runio
 from policy import evaluate_policy, expert_file, flatten_layers, init_layers, layer_sizes, load_start, mlp, tensors
-from runio import UserError
+from runio import UserError, descend
 from tasks import context_label, make_env, parse_contexts
 
 
@@ -234,13 +234,6 @@ class TD3:
                 self.log_alpha.copy_(s["log_alpha"])
         for name in ("actor_opt", "critic_opt", "alpha_opt") if self.sac else ("actor_opt", "critic_opt"):
             getattr(self, name).load_state_dict(s[name])
-
-
-def descend(opt, loss: torch.Tensor) -> torch.Tensor:  # one gradient step of opt on loss
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    return loss
 
 
 class Replay:
