@@ -62,9 +62,7 @@ def time_steps(args: Args, per_sample: bool, device) -> float:
             t0 = time.perf_counter()
         parts = hyperzero.compute_losses(model, batch, 0.99, use_td=True, per_sample=per_sample)
         loss = parts["bc"] + 0.01 * parts["value"] + 0.01 * parts["td"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        runio.descend(opt, loss)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return args.steps / (time.perf_counter() - t0)
